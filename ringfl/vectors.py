@@ -1,0 +1,84 @@
+"""Flat parameter vectors and sparse updates shared by algorithms, privacy and the wire codec.
+
+Everything that moves between peers is a flat float32 vector in the model's documented layer
+order (see ``ringfl.model``). A selective update is a :class:`SparseVector`: sorted unique uint32
+indices plus float32 values, so the codec can send it without per-element Python work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """A sparse view of a length-``size`` float32 vector: ``dense[indices] == values``."""
+
+    size: int
+    indices: np.ndarray  # uint32, sorted ascending, unique, all < size
+    values: np.ndarray  # float32, same length as indices
+
+    @classmethod
+    def from_indices(cls, size: int, indices: np.ndarray, values: np.ndarray) -> SparseVector:
+        """Build from unsorted indices (sorted here); indices must be unique."""
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        return cls(
+            size=int(size),
+            indices=idx[order].astype(np.uint32),
+            values=np.asarray(values, dtype=np.float32)[order],
+        )
+
+    @classmethod
+    def take(cls, dense: np.ndarray, indices: np.ndarray) -> SparseVector:
+        """The entries of ``dense`` at ``indices``."""
+        idx = np.sort(np.asarray(indices, dtype=np.int64))
+        return cls(int(dense.size), idx.astype(np.uint32), dense[idx].astype(np.float32))
+
+    @classmethod
+    def empty(cls, size: int) -> SparseVector:
+        return cls(int(size), np.zeros(0, np.uint32), np.zeros(0, np.float32))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.size if self.size else 0.0
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros(self.size, dtype=np.float32)
+        out[self.indices] = self.values
+        return out
+
+    def add_to(self, dense: np.ndarray, scale: float = 1.0) -> None:
+        """``dense[indices] += scale * values`` in place (indices are unique, so no np.add.at)."""
+        if scale == 1.0:
+            dense[self.indices] += self.values
+        else:
+            dense[self.indices] += np.float32(scale) * self.values
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SparseVector):
+            return NotImplemented
+        return (
+            self.size == other.size
+            and np.array_equal(self.indices, other.indices)
+            and np.array_equal(self.values, other.values)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+Vector = np.ndarray | SparseVector
+"""What an update carries: a dense float32 vector or a sparse selection."""
+
+
+def as_dense(vector: Vector) -> np.ndarray:
+    """A dense float32 copy-or-view of ``vector``."""
+    if isinstance(vector, SparseVector):
+        return vector.to_dense()
+    return np.asarray(vector, dtype=np.float32)
