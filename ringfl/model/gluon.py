@@ -1,0 +1,276 @@
+"""The only module that imports MXNet: build a Gluon net from a spec, move flat vectors, train.
+
+Many peers of one process share one :class:`GluonModel` and swap flat float32 vectors in and out
+(copying all parameters is far cheaper than one training step), so a peer's state is just a
+vector. Every method here must run on the process's single MXNet thread (see
+:mod:`ringfl.model.runtime`): MXNet is not thread-safe.
+
+Flat layout: parameters in the order of ``collect_params()`` — i.e. layer order, and within a
+layer MXNet's own order (weight before bias; LSTM i2h_weight, h2h_weight, i2h_bias, h2h_bias;
+batch norm gamma, beta, running_mean, running_var) — each flattened C-order. ``layout`` names
+the slices.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon, nd
+from mxnet.gluon import nn, rnn
+
+from ringfl.errors import SpecError
+from ringfl.model.spec import LayerInfo, ModelSpec
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """Where one named parameter lives in the flat vector."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    params: np.ndarray
+    loss: float  # mean training loss over the samples seen
+    samples: int
+
+
+class CustomModel(gluon.HybridBlock):
+    """Base class for user models named in a spec as ``"custom": "pkg.module:Class"``.
+
+    Subclass it, create layers in ``__init__(self, input_shape, num_classes, **options)`` and
+    implement ``hybrid_forward(self, F, x)`` returning class scores of shape (batch, num_classes).
+    The class is imported locally by every participant; only the spec travels on the wire.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, **options: Any) -> None:
+        super().__init__()
+        self.input_shape = input_shape
+        self.num_classes = num_classes
+
+
+class _LastStep(gluon.HybridBlock):
+    """Keep the last time step of an (N, T, C) sequence: recurrent layers feed a dense head."""
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return F.squeeze(F.slice_axis(x, axis=1, begin=-1, end=None), axis=1)
+
+
+def _build_layer(info: LayerInfo) -> list[gluon.HybridBlock]:
+    cfg = info.config
+    kind = info.type
+    if kind == "dense":
+        return [nn.Dense(cfg["units"], activation=cfg["activation"], flatten=True)]
+    if kind == "conv2d":
+        return [
+            nn.Conv2D(
+                cfg["channels"], cfg["kernel"], strides=cfg["stride"], padding=cfg["padding"],
+                activation=cfg["activation"],
+            )
+        ]
+    if kind in ("maxpool", "avgpool"):
+        pool = nn.MaxPool2D if kind == "maxpool" else nn.AvgPool2D
+        return [pool(cfg["pool"], strides=cfg["stride"], padding=cfg["padding"])]
+    if kind == "flatten":
+        return [nn.Flatten()]
+    if kind == "dropout":
+        return [nn.Dropout(cfg["rate"])]
+    if kind == "activation":
+        return [nn.Activation(cfg["function"])]
+    if kind == "batchnorm":
+        return [nn.BatchNorm(axis=1)]
+    cell = rnn.LSTM if kind == "lstm" else rnn.GRU
+    blocks: list[gluon.HybridBlock] = [cell(cfg["hidden"], num_layers=cfg["layers"], layout="NTC")]
+    if not cfg["return_sequences"]:
+        blocks.append(_LastStep())
+    return blocks
+
+
+def _load_custom(spec: ModelSpec) -> gluon.HybridBlock:
+    target = spec.custom or ""
+    module_name, class_name = target.split(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"custom model {target!r} cannot be loaded: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, CustomModel)):
+        raise SpecError(f"custom model {target!r} must subclass ringfl.model.gluon.CustomModel")
+    return cls(spec.input_shape, spec.num_classes, **spec.raw.get("options", {}))
+
+
+def build_net(spec: ModelSpec) -> gluon.HybridBlock:
+    """The Gluon block for a spec, parameters allocated (values set by :meth:`GluonModel.init`)."""
+    if spec.custom:
+        net = _load_custom(spec)
+    else:
+        net = nn.HybridSequential()
+        for info in spec.layers:
+            for block in _build_layer(info):
+                net.add(block)
+    net.initialize(mx.init.Zero())
+    net(nd.zeros((1, *spec.input_shape)))  # materialise deferred shapes
+    return net
+
+
+def _glorot(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Glorot-uniform, as the reference implementation uses (fans include the receptive field)."""
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    fan_out, fan_in = shape[0] * receptive, shape[1] * receptive
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+
+def _initial_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if name.endswith(("gamma", "running_var")):
+        return np.ones(shape, np.float32)
+    if len(shape) >= 2 and name.endswith("weight"):
+        return _glorot(rng, shape)
+    return np.zeros(shape, np.float32)
+
+
+class GluonModel:
+    """One Gluon net plus flat-vector access, SGD training and evaluation. MXNet thread only."""
+
+    def __init__(self, spec: ModelSpec, hybridize: bool = True) -> None:
+        self.spec = spec
+        self.net = build_net(spec)
+        params = list(self.net.collect_params().values())
+        self._params = params
+        self.layout: list[ParamSlice] = []
+        offset = 0
+        for param in params:
+            self.layout.append(ParamSlice(param.name, tuple(param.shape), offset))
+            offset += math.prod(param.shape)
+        self.num_params = offset
+        self._trainable = [p for p in params if p.grad_req != "null"]
+        if hybridize:
+            self.net.hybridize(static_alloc=True, static_shape=True)
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    # --- flat vectors -----------------------------------------------------------------------
+
+    def init_params(self, seed: int) -> np.ndarray:
+        """Deterministic initial flat vector from a seed (numpy RNG: identical on every machine)."""
+        rng = np.random.default_rng(seed)
+        parts = [_initial_value(s.name, s.shape, rng).ravel() for s in self.layout]
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+    def get_flat(self) -> np.ndarray:
+        out = np.empty(self.num_params, dtype=np.float32)
+        for param, part in zip(self._params, self.layout):
+            out[part.offset : part.stop] = param.data().asnumpy().ravel()
+        return out
+
+    def set_flat(self, flat: np.ndarray) -> None:
+        if flat.shape != (self.num_params,):
+            raise ValueError(f"flat vector has shape {flat.shape}, model needs ({self.num_params},)")
+        for param, part in zip(self._params, self.layout):
+            # NDArray-to-NDArray copy: MKL-DNN-laid-out weights (conv) reject raw buffer writes
+            nd.array(flat[part.offset : part.stop].reshape(part.shape)).copyto(param.data())
+
+    # --- training -------------------------------------------------------------------------
+
+    def train(
+        self,
+        params: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        lr: float,
+        batch_size: int,
+        epochs: int = 1,
+        steps: int | None = None,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> TrainResult:
+        """SGD from ``params`` on (x, y): ``epochs`` passes, or exactly ``steps`` mini-batches.
+
+        Momentum buffers live only for this call: peers sharing the net must not share them.
+        """
+        self.set_flat(params)
+        rng = np.random.default_rng(seed)
+        mx.random.seed(seed % (2**31))
+        moms = [nd.zeros(p.shape) for p in self._trainable] if momentum else []
+        total_loss, seen = 0.0, 0
+        for xb, yb in _batches(x, y, batch_size, epochs, steps, rng):
+            with autograd.record():
+                loss = self.loss_fn(self.net(xb), yb)
+            loss.backward()
+            self._sgd_step(lr, momentum, weight_decay, xb.shape[0], moms)
+            total_loss += float(loss.sum().asscalar())
+            seen += xb.shape[0]
+        return TrainResult(self.get_flat(), total_loss / max(seen, 1), seen)
+
+    def _sgd_step(self, lr: float, momentum: float, wd: float, batch: int, moms: list[Any]) -> None:
+        rescale = 1.0 / batch
+        for i, param in enumerate(self._trainable):
+            weight, grad = param.data(), param.grad()
+            if momentum:
+                nd.sgd_mom_update(weight, grad, moms[i], out=weight, lr=lr, wd=wd,
+                                  momentum=momentum, rescale_grad=rescale)
+            else:
+                nd.sgd_update(weight, grad, out=weight, lr=lr, wd=wd, rescale_grad=rescale)
+
+    def gradient(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Mean loss gradient over all of (x, y) at ``params`` (FedSGD), as a flat vector.
+
+        Non-trainable entries (batch-norm running statistics) get a zero gradient.
+        """
+        self.set_flat(params)
+        total = np.zeros(self.num_params, dtype=np.float32)
+        trainable = {id(p) for p in self._trainable}
+        for xb, yb in _batches(x, y, batch_size, 1, None, None):
+            with autograd.record():
+                loss = self.loss_fn(self.net(xb), yb)
+            loss.backward()
+            for param, part in zip(self._params, self.layout):
+                if id(param) in trainable:
+                    total[part.offset : part.stop] += param.grad().asnumpy().ravel()
+        return total / max(len(y), 1)
+
+    def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
+        """(mean loss, accuracy) of ``params`` on (x, y)."""
+        self.set_flat(params)
+        total_loss, correct = 0.0, 0
+        for xb, yb in _batches(x, y, batch_size, 1, None, None):
+            out = self.net(xb)
+            total_loss += float(self.loss_fn(out, yb).sum().asscalar())
+            correct += int((out.argmax(axis=1) == yb.astype("float32")).sum().asscalar())
+        count = max(len(y), 1)
+        return total_loss / count, correct / count
+
+
+def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, steps: int | None,
+             rng: np.random.Generator | None) -> Any:
+    """Mini-batches as NDArrays; shuffled per epoch when ``rng`` is given; ``steps`` caps the count."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    n, done = len(y), 0
+    if n == 0:
+        return
+    rounds = epochs if steps is None else math.ceil(steps * batch_size / n) + 1
+    for _ in range(rounds):
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        xs, ys = nd.array(x[order], dtype="float32"), nd.array(y[order], dtype="float32")
+        for start in range(0, n, batch_size):
+            if steps is not None and done >= steps:
+                return
+            yield xs[start : start + batch_size], ys[start : start + batch_size]
+            done += 1
