@@ -1,0 +1,180 @@
+"""Typed run configuration loaded from YAML/JSON, with one-line errors naming the bad field.
+
+One :class:`RunConfig` describes a whole run: the coordinator reads it (and sends the training
+part to peers at join, so a peer needs only an address and its data), ring peers read it when
+there is no bootstrap, and experiments build many of them from a grid. Every field has a default
+that gives the embedded demo (digits, a small MLP, FedAvg), so no file is needed to start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from ringfl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local SGD hyperparameters; the coordinator sends these to every peer at join."""
+
+    lr: float = 0.1
+    batch_size: int = 32
+    epochs: int = 1  # local epochs per round (FedAvg E; DSSGD uses 1)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How ``--peers N --index I`` carve a peer's share out of a data source."""
+
+    kind: str = "iid"  # iid | shards | dirichlet | sample
+    alpha: float = 0.5  # dirichlet concentration
+    size: int = 600  # sample: images per peer
+    shards_per_peer: int = 2  # shards: label shards per peer
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """The coordinator's per-update decision (the seed's "server decides whether to apply")."""
+
+    max_staleness: int = 0  # rounds an update's base model may lag (async modes)
+    max_norm: float | None = None  # reject updates whose L2 norm exceeds this
+    check_finite: bool = True
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    require_client_cert: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca is not None or self.cert is not None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_id: str = "ringfl"
+    seed: int = 0
+    model: str = "digits-mlp"  # shipped spec name or a spec file
+    data: str = "digits"  # the coordinator's held-out test data (and the demo peers' data)
+    algorithm: str = "fedavg"  # coordinator: fedsgd | fedavg | dssgd; ring: gossip-dssgd | relay | choco
+    order: str = "sync"  # dssgd exchange order: sync | round-robin | random | async
+    rounds: int = 5
+    peers: int = 4  # expected participants; a round starts when they joined (or min_peers by join_timeout)
+    min_peers: int = 1
+    join_timeout: float = 60.0
+    round_timeout: float = 120.0
+    eval_every: int = 1
+    checkpoint_every: int = 1
+    pool_size: int = 64  # gradient pool capacity (bounded: senders wait when it is full)
+    max_frame: int | None = None  # default follows the model size
+    host: str = "127.0.0.1"
+    port: int = 7001
+    topology: str | None = None  # ring/topology mode: a topology file
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    algorithm_settings: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with top-level fields changed (CLI flags override the file this way)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build(cls: type[T], data: Any, where: str) -> T:
+    """Construct dataclass ``cls`` from a mapping, checking keys and value types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (valid: {', '.join(sorted(known))})")
+    values = {key: _coerce(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    text = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{where}: must not be empty")
+    if hint is bool or text.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if "float" in text and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if "int" in text and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "str" in text and isinstance(value, str):
+        return value
+    if "dict" in text and isinstance(value, Mapping):
+        return dict(value)
+    raise ConfigError(f"{where}: expected {text}, got {value!r}")
+
+
+def parse_config(data: Any, where: str = "config") -> RunConfig:
+    config = build(RunConfig, data, where)
+    _check_ranges(config, where)
+    return config
+
+
+def _check_ranges(config: RunConfig, where: str) -> None:
+    checks = [
+        (config.rounds >= 1, "rounds must be >= 1"),
+        (config.peers >= 1, "peers must be >= 1"),
+        (config.min_peers >= 1, "min_peers must be >= 1"),
+        (config.training.lr > 0, "training.lr must be > 0"),
+        (config.training.batch_size >= 1, "training.batch_size must be >= 1"),
+        (config.training.epochs >= 1, "training.epochs must be >= 1"),
+        (config.pool_size >= 1, "pool_size must be >= 1"),
+        (0 <= config.port <= 65535, "port must be in 0..65535"),
+        (config.round_timeout > 0, "round_timeout must be > 0"),
+        (config.order in ("sync", "round-robin", "random", "async"),
+         "order must be one of sync, round-robin, random, async"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {message}")
+
+
+def read_mapping(path: str | Path, what: str = "config") -> Any:
+    """Read a YAML or JSON file, turning every failure into a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid JSON/YAML ({str(exc).splitlines()[0]})") from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """The run config from a file, or the embedded demo defaults when ``path`` is None."""
+    if path is None:
+        return RunConfig()
+    return parse_config(read_mapping(path), where=str(path))
