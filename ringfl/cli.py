@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
 
 from ringfl.errors import RingflError
 
@@ -69,6 +73,132 @@ def _cmd_topology_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _network(config: Any) -> Any:
+    from ringfl.transport import TcpNetwork, TlsConfig, TlsNetwork
+
+    tls = config.tls
+    if not tls.enabled:
+        return TcpNetwork()
+    return TlsNetwork(TlsConfig(ca=tls.ca, cert=tls.cert, key=tls.key,
+                                require_client_cert=tls.require_client_cert))
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    import logging
+
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _coordinator_config(args: argparse.Namespace) -> Any:
+    from ringfl.config import load_config
+
+    config = load_config(args.config)
+    return config.replace(host=args.host, port=args.port, model=args.model, algorithm=args.algorithm,
+                          rounds=args.rounds, min_peers=args.min_peers, peers=args.peers,
+                          data=args.data, topology=args.topology)
+
+
+def _cmd_coordinator(args: argparse.Namespace) -> int:
+    from ringfl.coordinator import Coordinator
+    from ringfl.progress import RoundPrinter
+
+    _setup_logging(args)
+    config = _coordinator_config(args)
+    out = Path(args.out) if args.out else None
+    network = _network(config)
+    if config.topology:
+        from ringfl.ring import Bootstrap
+
+        server: Any = Bootstrap(config, network, out, resume=args.resume)
+    else:
+        server = Coordinator(config, network, out, resume=args.resume)
+    printer = RoundPrinter(config.rounds, title=f"{config.algorithm} on {config.data}")
+    server.on_round.append(printer.show)
+
+    async def announce(address: str) -> None:
+        print(f"coordinator listening on {address}; waiting for {config.peers} peer(s)", flush=True)
+
+    summary = trio.run(_serve_until_done, server, announce)
+    printer.finish(summary, out)
+    return 0
+
+
+async def _serve_until_done(server: Any, after_start: Callable[[str], Awaitable[None]]) -> dict[str, Any]:
+    """Run ``server`` (coordinator or bootstrap); ``after_start(address)`` runs beside it."""
+    result: dict[str, Any] = {}
+
+    async def serve(task_status: Any) -> None:
+        result.update(await server.run(task_status=task_status))
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve)
+        await after_start(address)
+    return result
+
+
+def _cmd_peer(args: argparse.Namespace) -> int:
+    from ringfl.peer import Peer, PeerOptions
+    from ringfl.progress import PeerPrinter
+
+    _setup_logging(args)
+    options = PeerOptions(coordinator=args.coordinator, data=args.data, name=args.name or _default_name(),
+                          peers=args.peers, index=args.index, partition=args.partition,
+                          listen=args.listen or "", eval_samples=args.eval_samples)
+    network = _network(_coordinator_config_from_tls(args))
+    if args.topology:
+        from ringfl.ring import RingPeer
+
+        peer: Any = RingPeer(network, options, topology_file=args.topology, node=args.id)
+    else:
+        peer = Peer(network, options)
+    printer = PeerPrinter(options.name, quiet=args.quiet)
+    peer.on_round.append(printer.show)
+    trio.run(peer.run)
+    printer.finish()
+    return 0
+
+
+def _coordinator_config_from_tls(args: argparse.Namespace) -> Any:
+    from ringfl.config import RunConfig, TLSConfig
+
+    return RunConfig(tls=TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key))
+
+
+def _default_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """A coordinator in this process and N peer processes on loopback, printing accuracy per round."""
+    from ringfl.config import RunConfig
+    from ringfl.coordinator import Coordinator
+    from ringfl.launch import peer_command, run_peer_processes
+    from ringfl.progress import RoundPrinter
+    from ringfl.transport import TcpNetwork
+
+    _setup_logging(args)
+    config = RunConfig(peers=args.peers, min_peers=args.peers, rounds=args.rounds, port=0,
+                       algorithm=args.algorithm, run_id="demo")
+    out = Path(args.out) if args.out else None
+    coordinator = Coordinator(config, TcpNetwork(), out)
+    printer = RoundPrinter(config.rounds, title=f"demo: {args.peers} peers, {config.algorithm} on digits")
+    coordinator.on_round.append(printer.show)
+
+    async def start_peers(address: str) -> None:
+        print(f"coordinator on {address}; starting {args.peers} peer processes", flush=True)
+        commands = [peer_command(address, f"peer{i}", "--peers", str(args.peers), "--index", str(i))
+                    for i in range(args.peers)]
+        await run_peer_processes(commands)
+
+    summary = trio.run(_serve_until_done, coordinator, start_peers)
+    printer.finish(summary, out)
+    return 0
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="centralized training (reference line)")
     p.add_argument("--model", default="digits-mlp", help="shipped spec name or spec file")
@@ -106,10 +236,58 @@ def _add_topology(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=_cmd_topology_show)
 
 
+def _add_coordinator(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("coordinator", help="run the parameter server (or a topology's bootstrap)")
+    p.add_argument("--config", help="run config (YAML or JSON); flags override it")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--model", help="shipped spec name or spec file")
+    p.add_argument("--algorithm", help="fedsgd | fedavg | dssgd (ring: gossip-dssgd | relay | choco)")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--peers", type=int, help="participants to wait for before round 1")
+    p.add_argument("--min-peers", type=int, help="quorum to close a round at its deadline")
+    p.add_argument("--data", help="held-out test data source (default: the config's)")
+    p.add_argument("--topology", help="ring/topology mode: act as bootstrap for this topology file")
+    p.add_argument("--out", help="write metrics.jsonl, summary.json and checkpoints here")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_cmd_coordinator)
+
+
+def _add_peer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("peer", help="take part in a run")
+    p.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    p.add_argument("--data", help="local data source (default: the coordinator's)")
+    p.add_argument("--peers", type=int, help="partition the source into N parts ...")
+    p.add_argument("--index", type=int, help="... and use part I (default: assigned at join)")
+    p.add_argument("--partition", help="iid | shards | dirichlet | sample (default: the coordinator's)")
+    p.add_argument("--name", help="peer id (default: host-pid)")
+    p.add_argument("--topology", help="ring/topology mode: the topology file")
+    p.add_argument("--id", help="ring/topology mode: this peer's node id in the topology")
+    p.add_argument("--listen", metavar="HOST:PORT", help="ring mode: where neighbours dial in (default: ephemeral)")
+    p.add_argument("--eval-samples", type=int, help="evaluate on at most this many test samples")
+    p.add_argument("--tls-ca")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_cmd_peer)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="coordinator + peer processes on loopback, on digits")
+    p.add_argument("--peers", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--algorithm", default="fedavg")
+    p.add_argument("--out", help="write metrics.jsonl and summary.json here")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_model, _add_protocol, _add_topology):
+    for add in (_add_demo, _add_coordinator, _add_peer, _add_train, _add_model, _add_protocol, _add_topology):
         add(sub)
     return parser
 

@@ -20,6 +20,7 @@ import yaml
 from ringfl.errors import ConfigError
 
 T = TypeVar("T")
+ORDERS = ("auto", "sync", "round-robin", "random")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class RunConfig:
     model: str = "digits-mlp"  # shipped spec name or a spec file
     data: str = "digits"  # the coordinator's held-out test data (and the demo peers' data)
     algorithm: str = "fedavg"  # coordinator: fedsgd | fedavg | dssgd; ring: gossip-dssgd | relay | choco
-    order: str = "sync"  # dssgd exchange order: sync | round-robin | random | async
+    order: str = "auto"  # auto (dssgd: round-robin, else sync) | sync | round-robin | random
     rounds: int = 5
     peers: int = 4  # expected participants; a round starts when they joined (or min_peers by join_timeout)
     min_peers: int = 1
@@ -153,8 +154,7 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (config.pool_size >= 1, "pool_size must be >= 1"),
         (0 <= config.port <= 65535, "port must be in 0..65535"),
         (config.round_timeout > 0, "round_timeout must be > 0"),
-        (config.order in ("sync", "round-robin", "random", "async"),
-         "order must be one of sync, round-robin, random, async"),
+        (config.order in ORDERS, f"order must be one of {', '.join(ORDERS)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,0 +1,7 @@
+"""``python -m ringfl`` is the ``ringfl`` command."""
+
+import sys
+
+from ringfl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,553 @@
+"""Coordinator mode: the seed's parameter server, on trio.
+
+It holds the global model (inside a :class:`~ringfl.algorithms.CoordinatorAlgorithm`) and a
+**gradient pool**: per-connection tasks put uploads into a bounded channel, one background task
+takes them out, decides whether to apply each (:mod:`ringfl.acceptance`) and acknowledges the
+decision — the seed's "network thread + gradient-processing thread", with backpressure instead
+of an unbounded queue. A round controller starts rounds, closes them when every selected peer
+answered or the deadline passed with a quorum, evaluates, writes metrics and checkpoints.
+
+The session side (join, spec confirmation, parameter requests) is shared with ring mode's
+bootstrap through :class:`SessionServer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from ringfl.acceptance import AcceptancePolicy, Reason
+from ringfl.algorithms import AlgorithmSettings, make_coordinator_algorithm
+from ringfl.algorithms.base import InvalidUpdate, Update
+from ringfl.checkpoint import load_checkpoint, save_checkpoint
+from ringfl.config import RunConfig
+from ringfl.data import load_source, prepare
+from ringfl.metrics import MetricsLog
+from ringfl.model import ModelSpec, load_spec
+from ringfl.model.runtime import Model, shared_model
+from ringfl.privacy.ledger import PrivacyLedger
+from ringfl.protocol import (
+    Accept,
+    Ack,
+    AckReason,
+    Connection,
+    EndOfRun,
+    Goodbye,
+    Heartbeat,
+    JoinRequest,
+    Limits,
+    Message,
+    Params,
+    ParamsRequest,
+    PeerReport,
+    Reject,
+    RejectReason,
+    Role,
+    RoundStart,
+    SpecConfirm,
+    SpecReply,
+    Upload,
+)
+from ringfl.transport import CONNECTION_ERRORS, MessageStream, Network
+
+log = logging.getLogger(__name__)
+
+ACK_REASON = {
+    Reason.ACCEPTED: AckReason.OK,
+    Reason.STALE: AckReason.STALE,
+    Reason.DUPLICATE: AckReason.DUPLICATE,
+    Reason.NOT_SELECTED: AckReason.NOT_SELECTED,
+    Reason.ROUND_CLOSED: AckReason.STALE,
+    Reason.BUDGET_SPENT: AckReason.POLICY,
+    Reason.NORM_TOO_LARGE: AckReason.POLICY,
+}
+"""Wire reason for each acceptance reason; the rest are ``INVALID``. ``detail`` names it exactly."""
+
+
+@dataclass
+class PeerSession:
+    """A joined participant as the coordinator sees it."""
+
+    peer_id: str
+    index: int
+    stream: MessageStream
+    num_samples: int
+    address: str
+    alive: bool = True
+    rounds_done: int = 0
+    last_report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PoolItem:
+    """One upload waiting in the gradient pool, and the slot its decision is written to."""
+
+    peer: str
+    round: int
+    base_version: int
+    vector: Any
+    num_samples: int
+    decided: trio.Event = field(default_factory=trio.Event)
+    reason: Reason = Reason.ACCEPTED
+    detail: str = ""
+
+
+@dataclass
+class PoolStats:
+    submitted: int = 0
+    applied: int = 0
+    rejected: int = 0
+    peak_depth: int = 0
+    peak_waiting_senders: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def count(self, reason: Reason) -> None:
+        if reason is Reason.ACCEPTED:
+            self.applied += 1
+        else:
+            self.rejected += 1
+            self.reasons[reason.text] = self.reasons.get(reason.text, 0) + 1
+
+
+class Progress:
+    """A broadcast "something changed" signal: waiters re-check their own condition."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_until(self, condition: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``condition()`` holds (True) or the trio clock passes ``deadline`` (False)."""
+        while not condition():
+            if trio.current_time() >= deadline:
+                return False
+            with trio.move_on_at(deadline):
+                await self._event.wait()
+        return True
+
+
+class SessionServer:
+    """Joins, spec confirmation and the per-connection receive loop, shared by both modes.
+
+    Subclasses decide what an accepted peer is told (:meth:`accept_info`) and handle the
+    messages of a joined session (:meth:`on_message`).
+    """
+
+    mode = "coordinator"
+
+    def __init__(self, config: RunConfig, network: Network, spec: ModelSpec, num_params: int) -> None:
+        self.config = config
+        self.network = network
+        self.spec = spec
+        self.num_params = num_params
+        self.sessions: dict[str, PeerSession] = {}
+        self.indices: dict[str, int] = {}  # peer name -> stable index (partition, topology node)
+        self.progress = Progress()
+        self.closed_bytes = [0, 0]  # (in, out) of sessions that ended
+        self.running = True
+        self.on_round: list[Callable[[dict[str, Any]], None]] = []
+
+    # --- accepting ---------------------------------------------------------------------------
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id,
+                          limits=session_limits(self.num_params, self.config.max_frame))
+        messages = MessageStream(stream, conn, timeout=None)
+        session: PeerSession | None = None
+        try:
+            join = await messages.receive(timeout=30.0)
+            if not isinstance(join, JoinRequest):  # the state table allows nothing else first
+                return
+            session = await self._admit(messages, join)
+            if session is None:
+                return
+            async for message in messages:
+                await self.on_message(session, message)
+        except CONNECTION_ERRORS as exc:
+            log.info("peer %s: connection ended: %s", session.peer_id if session else "?", exc)
+        finally:
+            if session is not None:
+                self._drop(session)
+            await messages.aclose()
+
+    async def _admit(self, messages: MessageStream, join: JoinRequest) -> PeerSession | None:
+        peer_id = join.sender or f"peer-{len(self.indices)}"
+        reason = self.join_refusal(peer_id, join)
+        if reason is not None:
+            await messages.send(Reject(reason=reason[0], detail=reason[1]))
+            log.warning("refused join of %s: %s", peer_id, reason[1])
+            return None
+        index = self.indices.setdefault(peer_id, len(self.indices))
+        session = PeerSession(peer_id, index, messages, join.num_samples, join.address)
+        await messages.send(Accept(num_params=self.num_params, spec_hash=self.spec.hash,
+                                   mode=self.mode, info=self.accept_info(session)))
+        confirm = await messages.receive(timeout=30.0)
+        if not isinstance(confirm, SpecConfirm):
+            return None
+        ok = confirm.spec_hash == self.spec.hash
+        await messages.send(SpecReply(ok=ok, spec_hash=self.spec.hash,
+                                      spec_json="" if ok else self.spec.canonical_json()))
+        self.sessions[peer_id] = session
+        log.info("peer %s joined (index %d)", peer_id, index)
+        self.on_join(session)
+        self.progress.notify()
+        return session
+
+    def join_refusal(self, peer_id: str, join: JoinRequest) -> tuple[int, str] | None:
+        if not self.running:
+            return RejectReason.RUN_ENDED, "the run has ended"
+        old = self.sessions.get(peer_id)
+        if old is not None and old.alive:
+            return RejectReason.DUPLICATE_PEER, f"a peer named {peer_id!r} is already connected"
+        return None
+
+    def _drop(self, session: PeerSession) -> None:
+        if self.sessions.get(session.peer_id) is session:
+            session.alive = False
+            del self.sessions[session.peer_id]
+            self.closed_bytes[0] += session.stream.bytes_received
+            self.closed_bytes[1] += session.stream.bytes_sent
+            log.info("peer %s left", session.peer_id)
+            self.on_leave(session)
+            self.progress.notify()
+
+    # --- hooks ---------------------------------------------------------------------------
+
+    def accept_info(self, session: PeerSession) -> dict[str, Any]:
+        """What a joining peer needs besides the spec: hyperparameters, its index, the run shape."""
+        config = self.config
+        return {
+            "algorithm": config.algorithm,
+            "settings": AlgorithmSettings.from_mapping(config.algorithm_settings).to_dict(),
+            "training": _plain(config.training),
+            "partition": _plain(config.partition),
+            "rounds": config.rounds,
+            "peers": config.peers,
+            "index": session.index,
+            "seed": config.seed,
+            "data": config.data,
+            "order": self.order if hasattr(self, "order") else config.order,
+        }
+
+    def on_join(self, session: PeerSession) -> None:
+        """Called after a peer joined (before its first message)."""
+
+    def on_leave(self, session: PeerSession) -> None:
+        """Called once when a joined peer's connection ended."""
+
+    async def on_message(self, session: PeerSession, message: Message) -> None:
+        if isinstance(message, PeerReport):
+            session.last_report = dict(message.metrics)
+            self.on_report(session, message)
+        elif isinstance(message, (Heartbeat, Goodbye)):
+            pass
+        else:
+            await self.on_request(session, message)
+
+    def on_report(self, session: PeerSession, report: PeerReport) -> None:
+        """A peer's per-round metrics."""
+
+    async def on_request(self, session: PeerSession, message: Message) -> None:
+        log.info("peer %s sent %s, which this mode does not use", session.peer_id, type(message).__name__)
+
+    # --- shared helpers ------------------------------------------------------------------
+
+    def alive(self) -> list[PeerSession]:
+        return sorted((s for s in self.sessions.values() if s.alive), key=lambda s: s.index)
+
+    def bytes_total(self) -> tuple[int, int]:
+        live_in = sum(s.stream.bytes_received for s in self.sessions.values())
+        live_out = sum(s.stream.bytes_sent for s in self.sessions.values())
+        return self.closed_bytes[0] + live_in, self.closed_bytes[1] + live_out
+
+    async def send_quietly(self, session: PeerSession, message: Message) -> bool:
+        """Send, treating a broken connection as that peer leaving (never the run failing)."""
+        try:
+            await session.stream.send(message, timeout=10.0)
+            return True
+        except CONNECTION_ERRORS as exc:
+            log.info("peer %s unreachable: %s", session.peer_id, exc)
+            self._drop(session)
+            return False
+
+    async def wait_for_peers(self) -> None:
+        """Until ``peers`` joined, or ``join_timeout`` passed with at least ``min_peers``."""
+        config = self.config
+        deadline = trio.current_time() + config.join_timeout
+        await self.progress.wait_until(lambda: len(self.alive()) >= config.peers, deadline)
+        await self.progress.wait_until(lambda: len(self.alive()) >= config.min_peers, math.inf)
+
+    async def end_run(self, reason: str) -> None:
+        self.running = False
+        for session in self.alive():
+            await self.send_quietly(session, EndOfRun(reason=reason))
+
+
+def session_limits(num_params: int, max_frame: int | None) -> Limits:
+    """Frame limits that follow the model size, unless the config fixes the frame size."""
+    limits = Limits().for_model(num_params)
+    return dataclasses.replace(limits, max_frame=max_frame) if max_frame else limits
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def default_order(config: RunConfig) -> str:
+    """DSSGD's reference exchange is round robin; naive FedSGD/FedAvg are synchronous."""
+    if config.order != "auto":
+        return config.order
+    return "round-robin" if config.algorithm == "dssgd" else "sync"
+
+
+class Coordinator(SessionServer):
+    """The parameter server of coordinator mode."""
+
+    def __init__(self, config: RunConfig, network: Network, out_dir: Path | None = None,
+                 *, resume: bool = False, model: Model | None = None) -> None:
+        spec = load_spec(config.model)
+        self.model = model or shared_model(spec)
+        super().__init__(config, network, spec, self.model.num_params)
+        self.order = default_order(config)
+        self.settings = AlgorithmSettings.from_mapping(config.algorithm_settings)
+        self.rng = np.random.default_rng(config.seed)
+        self.algorithm = make_coordinator_algorithm(
+            config.algorithm, self.model.init_params(config.seed), self.settings, self.rng)
+        self.policy = AcceptancePolicy(config.acceptance, self.num_params)
+        self.pool_stats = PoolStats()
+        self.ledgers: dict[str, PrivacyLedger] = {}
+        self.round = 0
+        self.version = 0  # global model version: bumped by every applied update
+        self.round_open = False
+        self.selected: set[str] = set()
+        self.answered: set[str] = set()
+        self.out_dir = out_dir
+        self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None
+        test = load_source(config.data, num_classes=spec.num_classes).test
+        self.test_x, self.test_y = prepare(test.x, spec.input_shape), test.y
+        self.history: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        if resume:
+            self._restore()
+        send, receive = trio.open_memory_channel[PoolItem](config.pool_size)
+        self._pool_send, self._pool_receive = send, receive
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoint.npz" if self.out_dir else None
+
+    def _checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        meta = {
+            "round": self.round, "version": self.version, "spec_hash": self.spec.hash,
+            "algorithm": self.config.algorithm, "indices": self.indices,
+            "ledgers": {peer: ledger.to_dict() for peer, ledger in self.ledgers.items()},
+            "applied": self.pool_stats.applied,
+        }
+        save_checkpoint(self.checkpoint_path, self.algorithm.state(), meta)
+
+    def _restore(self) -> None:
+        assert self.checkpoint_path is not None
+        arrays, meta = load_checkpoint(self.checkpoint_path)
+        if meta["spec_hash"] != self.spec.hash or meta["algorithm"] != self.config.algorithm:
+            from ringfl.errors import ConfigError
+
+            raise ConfigError(f"cannot resume: {self.checkpoint_path} is for another model or algorithm")
+        self.algorithm.load_state(arrays)
+        self.round, self.version = int(meta["round"]), int(meta["version"])
+        self.indices = {k: int(v) for k, v in meta["indices"].items()}
+        self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
+        self.pool_stats.applied = int(meta.get("applied", 0))
+        log.info("resumed at round %d from %s", self.round, self.checkpoint_path)
+
+    # --- the session side ----------------------------------------------------------------
+
+    async def on_request(self, session: PeerSession, message: Message) -> None:
+        if isinstance(message, ParamsRequest):
+            await session.stream.send(Params(vector=self.algorithm.download(), round=self.round,
+                                             model_version=self.round))
+        elif isinstance(message, Upload):
+            await self._pool_upload(session, message)
+        else:
+            await super().on_request(session, message)
+
+    async def _pool_upload(self, session: PeerSession, upload: Upload) -> None:
+        item = PoolItem(session.peer_id, upload.round, upload.base_version, upload.vector,
+                        upload.num_samples)
+        self.pool_stats.submitted += 1
+        self._observe_pool()
+        await self._pool_send.send(item)  # backpressure: waits while the pool is full
+        await item.decided.wait()
+        accepted = item.reason is Reason.ACCEPTED
+        await session.stream.send(Ack(accepted=accepted, reason=ACK_REASON.get(item.reason, AckReason.INVALID),
+                                      ack_seq=upload.seq, detail=item.detail, round=self.round))
+
+    def _observe_pool(self) -> None:
+        stats = self._pool_send.statistics()
+        self.pool_stats.peak_depth = max(self.pool_stats.peak_depth, stats.current_buffer_used + 1)
+        self.pool_stats.peak_waiting_senders = max(self.pool_stats.peak_waiting_senders,
+                                                   stats.tasks_waiting_send)
+
+    async def apply_pool(self) -> None:
+        """The background gradient-processing task: decide, apply, acknowledge, in arrival order."""
+        async for item in self._pool_receive:
+            item.reason, item.detail = self._decide(item)
+            self.pool_stats.count(item.reason)
+            if item.reason is Reason.ACCEPTED:
+                self.version += 1
+            if item.peer in self.selected:
+                self.answered.add(item.peer)
+            item.decided.set()
+            self.progress.notify()
+
+    def _decide(self, item: PoolItem) -> tuple[Reason, str]:
+        if not self.round_open or item.peer not in self.selected:
+            return Reason.ROUND_CLOSED if item.round < self.round else Reason.NOT_SELECTED, ""
+        reason = self.policy.check(item.peer, item.round, item.base_version, self.round, item.vector)
+        if reason is not Reason.ACCEPTED:
+            return reason, reason.text
+        ledger = self._ledger(item.peer)
+        epsilon = self.settings.epsilon or 0.0
+        if epsilon and not ledger.can_spend(epsilon):
+            return Reason.BUDGET_SPENT, f"privacy budget {self.settings.budget} spent"
+        try:
+            self.algorithm.submit(Update(item.peer, item.round, item.vector, item.num_samples))
+        except InvalidUpdate as exc:
+            return Reason.WRONG_LENGTH if "size" in str(exc) or "shape" in str(exc) else Reason.NON_FINITE, str(exc)
+        if epsilon:
+            ledger.spend(epsilon, label=item.round)
+        self.policy.record(item.peer, item.round)
+        return Reason.ACCEPTED, ""
+
+    def _ledger(self, peer: str) -> PrivacyLedger:
+        if peer not in self.ledgers:
+            self.ledgers[peer] = PrivacyLedger(budget=self.settings.budget, delta=self.settings.dp_delta)
+        return self.ledgers[peer]
+
+    # --- rounds ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> dict[str, Any]:
+        """Serve until all rounds are done; returns the summary. ``nursery.start`` gives the address."""
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(self.network.serve,
+                                          f"{self.config.host}:{self.config.port}" if self.config.host else "",
+                                          self.handle_stream)
+            nursery.start_soon(self.apply_pool)
+            self.address = address
+            task_status.started(address)
+            log.info("coordinator listening on %s (%s, order %s)", address, self.config.algorithm, self.order)
+            summary = await self.run_rounds()
+            nursery.cancel_scope.cancel()
+        return summary
+
+    async def run_rounds(self) -> dict[str, Any]:
+        await self.wait_for_peers()
+        if self.round == 0 and not self.history:
+            await self._record(0, [])
+        while self.round < self.config.rounds:
+            participants = await self._play_round()
+            self.algorithm.end_round()
+            self.round_open = False
+            self.round += 1
+            self.policy.forget_before(self.round)
+            await self._record(self.round, participants)
+            if self.round % self.config.checkpoint_every == 0 or self.round == self.config.rounds:
+                self._checkpoint()
+        await self.end_run("all rounds done")
+        return self._summary()
+
+    def _groups(self, peers: list[PeerSession]) -> list[list[PeerSession]]:
+        if self.order == "sync":
+            return [peers]
+        if self.order == "random":
+            return [[peers[i]] for i in self.rng.permutation(len(peers))]
+        return [[peer] for peer in peers]  # round-robin
+
+    async def _play_round(self) -> list[str]:
+        """Start the round for each group in turn; returns who answered."""
+        answered: list[str] = []
+        self.round_open = True
+        for group in self._groups(self.alive()):
+            self.selected = {s.peer_id for s in group}
+            self.answered = set()
+            for session in group:
+                await self.send_quietly(session, RoundStart(round=self.round, deadline=self.config.round_timeout,
+                                                            selected=True))
+            await self._wait_for_answers(group)
+            answered += sorted(self.answered)
+        self.selected = set()
+        return answered
+
+    async def _wait_for_answers(self, group: list[PeerSession]) -> None:
+        """All selected peers, or the deadline with a quorum; never forever (twice the deadline)."""
+        def everyone() -> bool:
+            return all(s.peer_id in self.answered or not s.alive for s in group)
+
+        now = trio.current_time()
+        timeout = self.config.round_timeout
+        if await self.progress.wait_until(everyone, now + timeout):
+            return
+        quorum = min(self.config.min_peers, len(group))
+        await self.progress.wait_until(lambda: len(self.answered) >= quorum or everyone(), now + 2 * timeout)
+        if len(self.answered) < quorum:
+            log.warning("round %d closed without quorum (%d of %d answered)", self.round, len(self.answered), quorum)
+
+    async def _record(self, round_: int, participants: list[str]) -> None:
+        params = self.algorithm.params.copy()
+        loss, accuracy = (await self.model.evaluate(params, self.test_x, self.test_y)
+                          if round_ % self.config.eval_every == 0 or round_ == self.config.rounds
+                          else (float("nan"), float("nan")))
+        bytes_in, bytes_out = self.bytes_total()
+        stats = self._pool_send.statistics()
+        record = {
+            "round": round_, "accuracy": accuracy, "loss": loss, "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "accepted": self.pool_stats.applied, "rejected": self.pool_stats.rejected,
+            "rejected_reasons": dict(self.pool_stats.reasons), "participants": len(participants),
+            "pool_depth": stats.current_buffer_used, "pool_peak": self.pool_stats.peak_depth,
+            "pool_waiting_senders": self.pool_stats.peak_waiting_senders,
+            "seconds": round(time.perf_counter() - self.started, 3), "model_version": self.version,
+        }
+        if self.settings.epsilon:
+            record["epsilon_spent"] = max((lg.total for lg in self.ledgers.values()), default=0.0)
+            record["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
+        self.history.append(record)
+        if self.metrics:
+            self.metrics.write(record)
+        log.info("round %d: accuracy %.4f loss %.4f (%d updates accepted, %d rejected)",
+                 round_, accuracy, loss, self.pool_stats.applied, self.pool_stats.rejected)
+        for callback in self.on_round:
+            callback(record)
+
+    def _summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "mode": "coordinator", "algorithm": self.config.algorithm, "order": self.order,
+            "rounds": self.round, "final_accuracy": last.get("accuracy"), "final_loss": last.get("loss"),
+            "accuracy_per_round": [r["accuracy"] for r in self.history],
+            "bytes_in": last.get("bytes_in"), "bytes_out": last.get("bytes_out"),
+            "accepted": self.pool_stats.applied, "rejected": self.pool_stats.rejected,
+            "rejected_reasons": dict(self.pool_stats.reasons), "peers": sorted(self.indices),
+            "wall_time_s": round(time.perf_counter() - self.started, 3),
+            "model": self.spec.name, "num_params": self.num_params, "spec_hash": self.spec.hash,
+        }
+        if self.settings.epsilon:
+            summary["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
+            summary["epsilon_advanced"] = {p: lg.advanced_total() for p, lg in sorted(self.ledgers.items())}
+        if self.metrics:
+            self.metrics.write_summary(summary)
+        return summary

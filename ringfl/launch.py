@@ -1,0 +1,42 @@
+"""Start ringfl peers as separate OS processes (demo, TCP experiments, end-to-end tests).
+
+Each peer is ``python -m ringfl peer ...``: its own interpreter, its own MXNet thread, real TCP
+on loopback — exactly what a user runs on several machines.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import trio
+
+
+def peer_command(coordinator: str, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ringfl", "peer", "--coordinator", coordinator, "--name", name,
+            "--quiet", *extra]
+
+
+async def run_peer_processes(commands: Sequence[Sequence[str]], *, check: bool = True,
+                             capture: bool = False) -> list[subprocess.CompletedProcess[bytes]]:
+    """Run the commands concurrently; raise if any fails (when ``check``)."""
+    results: list[subprocess.CompletedProcess[bytes] | None] = [None] * len(commands)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+    async def one(i: int, command: Sequence[str]) -> None:
+        output = subprocess.PIPE if capture else None
+        results[i] = await trio.run_process(list(command), check=False, env=env,
+                                            stdout=output, stderr=output)
+
+    async with trio.open_nursery() as nursery:
+        for i, command in enumerate(commands):
+            nursery.start_soon(one, i, command)
+    done = [r for r in results if r is not None]
+    failed = [r for r in done if r.returncode != 0]
+    if check and failed:
+        err = (failed[0].stderr or b"").decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{len(failed)} peer process(es) failed; first: exit {failed[0].returncode}"
+                           + (f": {err[-1]}" if err else ""))
+    return done

@@ -1,0 +1,280 @@
+"""A participant: joins a coordinator, learns the spec and hyperparameters, trains, uploads.
+
+Both modes start the same way on the same session state machine: join (1001), confirm or
+receive the spec (1003), then — in coordinator mode — request parameters (1002), train, upload
+(1004, acknowledged) each round until the coordinator ends the run. Ring mode
+(:mod:`ringfl.ring`) reuses :class:`PeerBase` for the bootstrap and plays the same session with
+its neighbours instead.
+
+A peer needs only an address and its data: the model spec, the training hyperparameters, the
+algorithm and (unless given) its partition index come from the coordinator's Accept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ringfl.algorithms import AlgorithmSettings, make_peer_algorithm
+from ringfl.config import PartitionConfig, TrainingConfig, build
+from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
+from ringfl.errors import RingflError
+from ringfl.model import ModelSpec, spec_from_json
+from ringfl.model.runtime import Model, shared_model
+from ringfl.privacy.ledger import BudgetExhausted, PrivacyLedger
+from ringfl.protocol import (
+    Accept,
+    Ack,
+    Connection,
+    EndOfRun,
+    JoinRequest,
+    Message,
+    Params,
+    ParamsRequest,
+    PeerReport,
+    Reject,
+    RejectReason,
+    Role,
+    RoundStart,
+    SpecConfirm,
+    SpecReply,
+    Upload,
+)
+from ringfl.transport import MessageStream, Network, dial
+
+log = logging.getLogger(__name__)
+
+
+class JoinRefused(RingflError):
+    """The coordinator refused this peer (wrong run, duplicate name, run over...)."""
+
+
+@dataclass(frozen=True)
+class PeerOptions:
+    """What the peer's own command line says; everything else comes from the coordinator."""
+
+    coordinator: str
+    data: str | None = None  # None: the coordinator's data source
+    name: str = ""
+    peers: int | None = None  # partition count; None: the coordinator's
+    index: int | None = None  # partition index; None: assigned at join
+    partition: str | None = None  # partition kind; None: the coordinator's
+    listen: str = ""  # ring mode: where neighbours dial in
+    run_id: str = ""
+    local_spec_hash: str = ""  # confirm a spec we already have (else ask for it)
+    eval_every: int = 1
+    eval_samples: int | None = None  # evaluate on at most this many test samples
+
+
+@dataclass
+class RunInfo:
+    """The run as the coordinator described it at join."""
+
+    spec: ModelSpec
+    num_params: int
+    algorithm: str
+    settings: AlgorithmSettings
+    training: TrainingConfig
+    partition: PartitionConfig
+    rounds: int
+    peers: int
+    index: int
+    seed: int
+    data: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PeerData:
+    """A peer's local training rows (views into the shared arrays) and its test split."""
+
+    x: np.ndarray
+    y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+
+def load_peer_data(source: str, spec: ModelSpec, partition: PartitionConfig, peers: int, index: int,
+                   seed: int, eval_samples: int | None = None) -> PeerData:
+    """The peer's partition of ``source`` prepared for the model's input shape."""
+    splits: DataSplits = load_source(source, num_classes=spec.num_classes)
+    params = {p: getattr(partition, p) for p in kind_params(partition.kind)}
+    rows = peer_indices(splits.train.y, partition.kind, peers, seed, index, **params)
+    test_x, test_y = splits.test.x, splits.test.y
+    if eval_samples is not None and eval_samples < len(test_y):
+        test_x, test_y = test_x[:eval_samples], test_y[:eval_samples]
+    return PeerData(
+        x=prepare(splits.train.x[rows], spec.input_shape),
+        y=splits.train.y[rows],
+        test_x=prepare(test_x, spec.input_shape),
+        test_y=test_y,
+    )
+
+
+class PeerBase:
+    """Join a coordinator and learn the run (shared by coordinator and ring mode)."""
+
+    def __init__(self, network: Network, options: PeerOptions, *, data: PeerData | None = None) -> None:
+        self.network = network
+        self.options = options
+        self.name = options.name
+        self.data = data
+        self.stream: MessageStream | None = None
+        self.run_info: RunInfo | None = None
+        self.model: Model | None = None
+        self.ledger = PrivacyLedger()
+        self.on_round: list[Callable[[dict[str, Any]], None]] = []
+        self.history: list[dict[str, Any]] = []
+
+    async def join(self, address: str = "", num_samples: int = 0) -> RunInfo:
+        """1001 → Accept, 1003 → SpecReply; loads the model and the peer's data."""
+        conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id)
+        self.stream = await dial(self.network, self.options.coordinator, conn, timeout=None)
+        await self.stream.send(JoinRequest(address=address, num_samples=num_samples))
+        reply = await self.stream.receive(timeout=60.0)
+        if isinstance(reply, Reject):
+            raise JoinRefused(f"coordinator refused to let {self.name!r} join: "
+                              f"{RejectReason(reply.reason).name.lower()} ({reply.detail})")
+        assert isinstance(reply, Accept)
+        await self.stream.send(SpecConfirm(spec_hash=self.options.local_spec_hash))
+        spec_reply = await self.stream.receive(timeout=60.0)
+        assert isinstance(spec_reply, SpecReply)
+        spec = spec_from_json(spec_reply.spec_json) if spec_reply.spec_json else None
+        if spec is None:
+            raise JoinRefused("the coordinator confirmed a spec this peer does not have")
+        if spec.hash != reply.spec_hash:
+            raise JoinRefused("the spec received does not match the hash the coordinator announced")
+        self.run_info = self._run_info(spec, reply)
+        self.model = shared_model(spec)
+        if self.model.num_params != reply.num_params:
+            raise JoinRefused(f"model has {self.model.num_params} parameters, coordinator says {reply.num_params}")
+        if self.data is None:
+            self.data = self._load_data(self.run_info)
+        return self.run_info
+
+    def _run_info(self, spec: ModelSpec, accept: Accept) -> RunInfo:
+        info = dict(accept.info)
+        options = self.options
+        partition = build(PartitionConfig, info.get("partition", {}), "coordinator's partition")
+        if options.partition:
+            partition = PartitionConfig(**{**partition.__dict__, "kind": options.partition})
+        return RunInfo(
+            spec=spec, num_params=accept.num_params, algorithm=str(info.get("algorithm", "fedavg")),
+            settings=AlgorithmSettings.from_mapping(info.get("settings", {})),
+            training=build(TrainingConfig, info.get("training", {}), "coordinator's training"),
+            partition=partition,
+            rounds=int(info.get("rounds", 1)),
+            peers=options.peers if options.peers is not None else int(info.get("peers", 1)),
+            index=options.index if options.index is not None else int(info.get("index", 0)),
+            seed=int(info.get("seed", 0)), data=str(info.get("data", "digits")), info=info,
+        )
+
+    def _load_data(self, run: RunInfo) -> PeerData:
+        return load_peer_data(self.options.data or run.data, run.spec, run.partition, run.peers,
+                              run.index % max(run.peers, 1), run.seed, self.options.eval_samples)
+
+    async def train(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
+        """Local epochs from ``params``; returns the new vector and the mean training loss."""
+        assert self.model is not None and self.run_info is not None and self.data is not None
+        t = self.run_info.training
+        result = await self.model.train(
+            params, self.data.x, self.data.y, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs,
+            momentum=t.momentum, weight_decay=t.weight_decay,
+            seed=hash((self.run_info.seed, self.run_info.index, round_)) % (2**31),
+        )
+        return result.params, result.loss
+
+    async def evaluate(self, params: np.ndarray) -> tuple[float, float]:
+        assert self.model is not None and self.data is not None
+        return await self.model.evaluate(params, self.data.test_x, self.data.test_y)
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        self.history.append(metrics)
+        for callback in self.on_round:
+            callback(metrics)
+
+
+class Peer(PeerBase):
+    """A coordinator-mode participant: request, train, upload, repeat until the end of the run."""
+
+    async def run(self) -> list[dict[str, Any]]:
+        """Take part until the coordinator ends the run; returns per-round metrics."""
+        self.local: np.ndarray | None = None
+        run = await self.join(num_samples=0 if self.data is None else self.data.num_samples)
+        assert self.stream is not None
+        self.algorithm = make_peer_algorithm(run.algorithm, run.settings)
+        self.rng = np.random.default_rng([run.seed, run.index, 7])
+        self.local_work = run.info.get("local_work", "gradient" if run.algorithm == "fedsgd" else "epochs")
+        try:
+            while True:
+                message = await self.stream.receive(timeout=None)
+                if isinstance(message, EndOfRun):
+                    break
+                if isinstance(message, RoundStart) and message.selected:
+                    try:
+                        if not await self._play_round(message.round):
+                            break
+                    except _RunEnded:
+                        break
+        finally:
+            await self.stream.aclose("done")
+        return self.history
+
+    async def _play_round(self, round_: int) -> bool:
+        """One round: 1002 → Params, local work, 1004 → Ack, report. False: stop participating."""
+        assert self.stream is not None and self.model is not None
+        started = time.perf_counter()
+        await self.stream.send(ParamsRequest(round=round_, fraction=self.algorithm.settings.theta_d))
+        params_msg = await self._expect(Params)
+        base = params_msg.model_version
+        start = self.algorithm.apply_download(
+            self.local if self.local is not None else np.zeros(self.model.num_params, np.float32),
+            params_msg.vector)
+        end, loss = await self._local_work(start, round_)
+        try:
+            update = self.algorithm.make_update(start, end, self.rng, ledger=self.ledger, label=round_)
+        except BudgetExhausted as exc:
+            log.warning("peer %s stops uploading: %s", self.name, exc)
+            return False
+        self.local = end
+        await self.stream.send(Upload(round=round_, vector=update, num_samples=self.data.num_samples,
+                                      base_version=base, kind="gradient" if self.local_work == "gradient" else "delta"))
+        ack = await self._expect(Ack)
+        if not ack.accepted:
+            log.warning("peer %s: round %d upload rejected (%s)", self.name, round_, ack.detail or ack.reason)
+        metrics = {"round": round_, "train_loss": loss, "accepted": ack.accepted, "ack_reason": int(ack.reason),
+                   "epsilon": self.ledger.total, "seconds": round(time.perf_counter() - started, 3),
+                   "bytes_sent": self.stream.bytes_sent, "bytes_received": self.stream.bytes_received}
+        await self.stream.send(PeerReport(round=round_, metrics=metrics))
+        self.record(metrics)
+        return True
+
+    async def _local_work(self, start: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
+        if self.local_work == "gradient":
+            assert self.model is not None and self.data is not None
+            grad = await self.model.gradient(start, self.data.x, self.data.y)
+            return start - grad, float("nan")
+        return await self.train(start, round_)
+
+    async def _expect(self, kind: type[Message]) -> Any:
+        """The next message of type ``kind``, skipping notifications that may cross it."""
+        assert self.stream is not None
+        while True:
+            message = await self.stream.receive(timeout=None)
+            if isinstance(message, kind):
+                return message
+            if isinstance(message, EndOfRun):
+                raise _RunEnded()
+
+
+class _RunEnded(Exception):
+    pass

@@ -1,0 +1,564 @@
+"""Ring / topology mode: peers pass selective updates to their neighbours; a bootstrap only
+introduces them.
+
+The bootstrap (:class:`Bootstrap`) is a :class:`~ringfl.coordinator.SessionServer`: peers join
+it exactly as in coordinator mode (1001/1003), get the spec and hyperparameters, then their
+neighbour list (addresses and mixing weights) and the round schedule. It never sees a gradient:
+it collects per-round reports and re-links the topology around peers that leave.
+
+A :class:`RingPeer` listens for its in-neighbours and dials its out-neighbours. Each neighbour
+link is one session of the same state machine — the dialling peer plays the client (join,
+confirm spec, then one 1004 upload per exchange, acknowledged), the receiving peer the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from ringfl.algorithms import make_gossip_algorithm
+from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage
+from ringfl.config import RunConfig
+from ringfl.coordinator import PeerSession, SessionServer, session_limits
+from ringfl.errors import TopologyError
+from ringfl.metrics import MetricsLog
+from ringfl.model import load_spec
+from ringfl.peer import PeerBase, PeerData, PeerOptions
+from ringfl.privacy.ledger import BudgetExhausted
+from ringfl.protocol import (
+    Accept,
+    Ack,
+    AckReason,
+    Connection,
+    EndOfRun,
+    JoinRequest,
+    Message,
+    Neighbour,
+    Neighbours,
+    PeerReport,
+    RejectReason,
+    Role,
+    RoundStart,
+    SpecConfirm,
+    SpecReply,
+    Upload,
+)
+from ringfl.topology import Topology, load_topology, relink_without
+from ringfl.transport import CONNECTION_ERRORS, MessageStream, Network, dial
+from ringfl.vectors import SparseVector
+
+log = logging.getLogger(__name__)
+
+
+def neighbour_list(topology: Topology, node: int, labels: list[str], addresses: dict[str, str]) -> list[Neighbour]:
+    """Node's links: in-neighbours carry their mixing weight, out-neighbours an address to dial."""
+    ins, outs = set(topology.in_neighbours(node)), set(topology.out_neighbours(node))
+    weights = topology.neighbour_weights(node)
+    return [
+        Neighbour(peer_id=labels[j], address=addresses.get(labels[j], "") if j in outs else "",
+                  weight=float(weights.get(j, 0.0)) if j in ins else 0.0)
+        for j in sorted(ins | outs)
+    ]
+
+
+def origins_within(topology: Topology, node: int, hops: int) -> list[int]:
+    """Nodes whose updates reach ``node`` within ``hops`` hops (relay waits for all of them)."""
+    frontier, seen = {node}, {node}
+    for _ in range(hops):
+        frontier = {j for i in frontier for j in topology.in_neighbours(i)} - seen
+        seen |= frontier
+    return sorted(seen - {node})
+
+
+class Bootstrap(SessionServer):
+    """Introduces the peers of a topology, collects their reports, re-links around dead peers."""
+
+    mode = "ring"
+
+    def __init__(self, config: RunConfig, network: Network, out_dir: Path | None = None,
+                 *, resume: bool = False, topology: Topology | None = None) -> None:
+        if topology is None:
+            if not config.topology:
+                raise TopologyError("ring mode needs a topology file")
+            topology = load_topology(config.topology)
+        self.topology = topology
+        spec = load_spec(config.model)
+        num_params = _count_params(spec)
+        config = config.replace(peers=topology.n, min_peers=min(config.min_peers, topology.n))
+        super().__init__(config, network, spec, num_params)
+        self.labels = list(topology.labels)
+        self.dead: set[int] = set()
+        self.started_rounds = False
+        self.topology_version = 0
+        self.reports: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.history: list[dict[str, Any]] = []
+        self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None
+        self.out_dir = out_dir
+        self.started = time.perf_counter()
+        self.hops = int(config.algorithm_settings.get("hops", 2)) if config.algorithm == "relay" else 1
+
+    # --- joins -----------------------------------------------------------------------------
+
+    def join_refusal(self, peer_id: str, join: JoinRequest) -> tuple[int, str] | None:
+        if peer_id not in self.labels:
+            return RejectReason.NOT_ALLOWED, f"{peer_id!r} is not a node of topology {self.topology.name!r}"
+        if not join.address:
+            return RejectReason.INCOMPATIBLE, "a ring peer must report the address it listens on"
+        return super().join_refusal(peer_id, join)
+
+    def accept_info(self, session: PeerSession) -> dict[str, Any]:
+        info = super().accept_info(session)
+        node = self.labels.index(session.peer_id)
+        self.indices[session.peer_id] = node
+        session.index = node
+        info.update(index=node, node=node, peers=self.topology.n, topology=self.topology.name,
+                    round_timeout=self.config.round_timeout)
+        return info
+
+    def on_join(self, session: PeerSession) -> None:
+        if self.started_rounds:  # a peer came back: re-link it in and let it catch up
+            self.dead.discard(session.index)
+            self._relink_soon()
+
+    def on_leave(self, session: PeerSession) -> None:
+        if self.running and self.started_rounds:
+            log.warning("ring peer %s left; re-linking around it", session.peer_id)
+            self.dead.add(session.index)
+            self._relink_soon()
+
+    def _relink_soon(self) -> None:
+        self._relink_needed = True
+        self.progress.notify()
+
+    # --- neighbour lists ----------------------------------------------------------------------
+
+    def _live_topology(self) -> Topology:
+        """The topology with dead nodes bridged over (a ring stays a ring); labels are kept."""
+        return relink_without(self.topology, self.dead) if self.dead else self.topology
+
+    async def _send_neighbours(self) -> None:
+        self._relink_needed = False
+        self.topology_version += 1
+        live = self._live_topology()
+        addresses = {s.peer_id: s.address for s in self.sessions.values()}
+        labels = list(live.labels)
+        node_index = {label: i for i, label in enumerate(self.labels)}  # stable ids: original order
+        for pos, label in enumerate(labels):
+            session = self.sessions.get(label)
+            if session is None or not session.alive:
+                continue
+            expected = [labels[j] for j in origins_within(live, pos, self.hops)]
+            message = Neighbours(neighbours=tuple(neighbour_list(live, pos, labels, addresses)),
+                                 topology_version=self.topology_version,
+                                 round=self._current_round(),
+                                 info={"expected_origins": expected, "nodes": node_index})
+            await self.send_quietly(session, message)
+
+    def _current_round(self) -> int:
+        return len([r for r in self.history if r["round"] > 0])
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> dict[str, Any]:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(self.network.serve,
+                                          f"{self.config.host}:{self.config.port}" if self.config.host else "",
+                                          self.handle_stream)
+            self.address = address
+            task_status.started(address)
+            log.info("bootstrap for %s listening on %s", self.topology.name, address)
+            summary = await self._run()
+            nursery.cancel_scope.cancel()
+        return summary
+
+    async def _run(self) -> dict[str, Any]:
+        self._relink_needed = False
+        await self.wait_for_peers()
+        missing = [label for label in self.labels if label not in self.sessions]
+        self.dead = {self.labels.index(label) for label in missing}
+        self.started_rounds = True
+        await self._send_neighbours()
+        for session in self.alive():
+            await self.send_quietly(session, RoundStart(round=0, info={"rounds": self.config.rounds}))
+        while self._current_round() < self.config.rounds and self.alive():
+            await self.progress.wait_until(lambda: self._relink_needed or self._round_complete(),
+                                           trio.current_time() + 1.0)
+            if self._relink_needed:
+                await self._send_neighbours()
+                await self._restart_newcomers()
+            if self._round_complete():
+                self._record(self._current_round() + 1)
+        await self.end_run("all rounds done")
+        return self._summary()
+
+    async def _restart_newcomers(self) -> None:
+        """Peers that (re)joined after the start get the schedule from the current round on."""
+        for session in self.alive():
+            if not session.last_report and session.rounds_done == 0 and not getattr(session, "scheduled", False):
+                session.scheduled = True  # type: ignore[attr-defined]
+                await self.send_quietly(session, RoundStart(round=self._current_round(),
+                                                            info={"rounds": self.config.rounds}))
+
+    def _round_complete(self) -> bool:
+        target = self._current_round() + 1
+        reports = self.reports.get(target, {})
+        alive = [s.peer_id for s in self.alive()]
+        return bool(alive) and all(p in reports for p in alive)
+
+    def on_report(self, session: PeerSession, report: PeerReport) -> None:
+        metrics = dict(report.metrics)
+        self.reports[int(metrics.get("round", report.round))][session.peer_id] = metrics
+        session.rounds_done = max(session.rounds_done, int(metrics.get("round", 0)))
+        self.progress.notify()
+
+    def _record(self, round_: int) -> None:
+        reports = list(self.reports.get(round_, {}).values())
+        accuracies = [float(r["accuracy"]) for r in reports]
+        epsilons = [float(r.get("epsilon") or 0.0) for r in reports]
+        record = {
+            "round": round_,
+            "accuracy": float(np.mean(accuracies)) if accuracies else math.nan,
+            "min_accuracy": min(accuracies, default=math.nan),
+            "max_accuracy": max(accuracies, default=math.nan),
+            "loss": float(np.mean([float(r["loss"]) for r in reports])) if reports else math.nan,
+            "bytes": int(sum(int(r.get("bytes_sent", 0)) for r in reports)),
+            "bytes_round": int(sum(int(r.get("bytes_sent_round", 0)) for r in reports)),
+            "peers_reporting": len(reports), "dead": sorted(self.labels[i] for i in self.dead),
+            "seconds": round(time.perf_counter() - self.started, 3),
+        }
+        if any(epsilons):
+            record["epsilon_spent"] = max(epsilons)
+        self.history.append(record)
+        if self.metrics:
+            self.metrics.write(record)
+        for callback in self.on_round:
+            callback(record)
+
+    def _summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "mode": "ring", "algorithm": self.config.algorithm, "topology": self.topology.name,
+            "peers": self.topology.n, "rounds": len(self.history),
+            "final_accuracy": last.get("accuracy"), "final_min_accuracy": last.get("min_accuracy"),
+            "final_max_accuracy": last.get("max_accuracy"), "bytes": last.get("bytes"),
+            "accuracy_per_round": [r["accuracy"] for r in self.history],
+            "wall_time_s": round(time.perf_counter() - self.started, 3),
+            "model": self.spec.name, "num_params": self.num_params,
+        }
+        if self.metrics:
+            self.metrics.write_summary(summary)
+        return summary
+
+
+def _count_params(spec: Any) -> int:
+    """Parameter count without building the net when the spec knows it (custom specs must build)."""
+    if spec.layers:
+        return spec.num_params
+    from ringfl.model.runtime import shared_model
+
+    return shared_model(spec).num_params
+
+
+@dataclass
+class Links:
+    """A ring peer's view of its neighbourhood (from the bootstrap's latest Neighbours)."""
+
+    version: int = -1
+    weights: dict[int, float] = field(default_factory=dict)  # in-neighbour node -> W[i, j]
+    dial: dict[int, str] = field(default_factory=dict)  # out-neighbour node -> address
+    expected: set[int] = field(default_factory=set)  # origins to wait for each exchange
+    changed: bool = False
+
+
+class RingPeer(PeerBase):
+    """A peer of ring / topology mode."""
+
+    def __init__(self, network: Network, options: PeerOptions, *, topology_file: str | None = None,
+                 node: str | None = None, data: PeerData | None = None, listen: str | None = None) -> None:
+        if node is not None and not options.name:
+            options = PeerOptions(**{**options.__dict__, "name": str(node)})
+        super().__init__(network, options, data=data)
+        self.listen = listen if listen is not None else (options.listen or ("127.0.0.1:0" if _is_tcp(network) else ""))
+        self.links = Links()
+        self.links_changed = trio.Event()
+        self.node_ids: dict[str, int] = {}  # topology label -> node index (from the bootstrap)
+        self.label_of: dict[int, str] = {}
+        self.total_rounds = 0
+        self.inbox: dict[tuple[int, int], list[tuple[int, GossipMessage]]] = defaultdict(list)
+        self.inbox_changed = trio.Event()
+        self.out_streams: dict[int, MessageStream] = {}
+        self.in_streams: list[MessageStream] = []
+        self.schedule = trio.Event()
+        self.end_event = trio.Event()
+        self.start_round = 0
+        self.ended = False
+        self.bytes_closed = [0, 0]
+
+    # --- bytes --------------------------------------------------------------------------------
+
+    def neighbour_bytes(self) -> tuple[int, int]:
+        streams = [*self.out_streams.values(), *self.in_streams]
+        sent = self.bytes_closed[0] + sum(s.bytes_sent for s in streams)
+        received = self.bytes_closed[1] + sum(s.bytes_received for s in streams)
+        return sent, received
+
+    # --- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> list[dict[str, Any]]:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(self.network.serve, self.listen, self._serve_neighbour)
+            run = await self.join(address=address)
+            self.node = run.index
+            nursery.start_soon(self._listen_bootstrap, nursery)
+            try:
+                await self._rounds()
+                with trio.move_on_after(self._deadline()):  # keep serving neighbours until the end
+                    await self.end_event.wait()
+            finally:
+                nursery.cancel_scope.cancel()
+        await self._close_all()
+        return self.history
+
+    async def _listen_bootstrap(self, nursery: trio.Nursery) -> None:
+        assert self.stream is not None
+        try:
+            while True:
+                message = await self.stream.receive(timeout=None)
+                if isinstance(message, Neighbours):
+                    self._apply_neighbours(message)
+                elif isinstance(message, RoundStart):
+                    self.start_round = max(self.start_round, message.round)
+                    self.total_rounds = int(message.info.get("rounds", 0))
+                    self.schedule.set()
+                elif isinstance(message, EndOfRun):
+                    break
+        except CONNECTION_ERRORS as exc:
+            log.warning("peer %s lost the bootstrap: %s", self.name, exc)
+        self.ended = True
+        self.end_event.set()
+        self.schedule.set()
+        self._wake()
+
+    def _apply_neighbours(self, message: Neighbours) -> None:
+        """Adopt the bootstrap's latest links; the next round rebuilds the gossip strategy."""
+        nodes = message.info.get("nodes", {})
+        self.node_ids.update({str(label): int(i) for label, i in nodes.items()})
+        self.label_of = {i: label for label, i in self.node_ids.items()}
+        node = self.node_ids.__getitem__
+        self.links = Links(
+            version=message.topology_version,
+            weights={node(n.peer_id): n.weight for n in message.neighbours if n.weight > 0},
+            dial={node(n.peer_id): n.address for n in message.neighbours if n.address},
+            expected={node(p) for p in message.info.get("expected_origins", [])},
+            changed=True,
+        )
+        self._wake()
+
+    def _wake(self) -> None:
+        self.inbox_changed.set()
+        self.inbox_changed = trio.Event()
+
+    async def _rounds(self) -> None:
+        run = self.run_info
+        assert run is not None and self.model is not None
+        with trio.move_on_after(run.info.get("round_timeout", 120.0) * 4):
+            await self.schedule.wait()
+        if self.ended:
+            return
+        rng = np.random.default_rng([run.seed, run.index, 11])
+        params = self.model.init_params(run.seed)
+        algorithm: GossipAlgorithm | None = None
+        for round_ in range(self.start_round, self.total_rounds or run.rounds):
+            if self.ended:
+                break
+            started = time.perf_counter()
+            if algorithm is None or self.links.changed:
+                algorithm = self._new_algorithm(algorithm, params)
+            before = params
+            after, loss = await self.train(before, round_ + 1)
+            try:
+                messages = algorithm.outgoing(before, after, round_ + 1, rng, ledger=self.ledger)
+            except BudgetExhausted as exc:
+                log.warning("peer %s stops: %s", self.name, exc)
+                break
+            sent_before = self.neighbour_bytes()[0]
+            for step in range(algorithm.steps):
+                if step:
+                    messages = algorithm.next_outgoing(rng)
+                await self._send_all(messages, round_ + 1, step)
+                await self._gather(algorithm, round_ + 1, step)
+                params = algorithm.mix()
+            await self._report(round_ + 1, params, loss, started, sent_before)
+
+    def _new_algorithm(self, old: GossipAlgorithm | None, params: np.ndarray) -> GossipAlgorithm:
+        run = self.run_info
+        assert run is not None
+        self.links.changed = False
+        weights = dict(self.links.weights)
+        algorithm = make_gossip_algorithm(run.algorithm, self._self_node(), run.num_params, run.settings,
+                                          weights, initial=params)
+        if old is not None:
+            try:
+                algorithm.load_state(old.state())
+            except (KeyError, ValueError):
+                log.info("peer %s: gossip state reset after re-linking", self.name)
+        return algorithm
+
+    def _self_node(self) -> int:
+        return self.node_ids.get(self.name, self.node)
+
+    async def _send_all(self, messages: list[GossipMessage], round_: int, step: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for node, address in list(self.links.dial.items()):
+                nursery.start_soon(self._send_to, node, address, messages, round_, step)
+
+    async def _send_to(self, node: int, address: str, messages: list[GossipMessage], round_: int, step: int) -> None:
+        """One 1004 per message to neighbour ``node``; a dead neighbour is skipped (it is re-linked)."""
+        try:
+            stream = await self._out_stream(node, address)
+            for message in messages:
+                await stream.send(_to_upload(message, self.label_of.get(message.origin, self.name), round_, step))
+                ack = await stream.receive(timeout=self._deadline())
+                if isinstance(ack, Ack) and not ack.accepted:
+                    log.info("peer %s: neighbour %s refused an update (%s)", self.name, node, ack.detail)
+        except (*CONNECTION_ERRORS, OSError) as exc:
+            log.info("peer %s: neighbour %s unreachable: %s", self.name, node, exc)
+            await self._drop_out(node)
+
+    async def _out_stream(self, node: int, address: str) -> MessageStream:
+        stream = self.out_streams.get(node)
+        if stream is not None and stream.state.name not in ("CLOSED", "ERROR"):
+            return stream
+        run = self.run_info
+        assert run is not None
+        conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id)
+        stream = await dial(self.network, address, conn, timeout=self._deadline(), connect_timeout=5.0)
+        await stream.send(JoinRequest(address=self.listen))
+        accept = await stream.receive()
+        if not isinstance(accept, Accept):
+            raise ConnectionError(f"neighbour {node} refused the link")
+        await stream.send(SpecConfirm(spec_hash=run.spec.hash))
+        reply = await stream.receive()
+        if not (isinstance(reply, SpecReply) and reply.ok):
+            raise ConnectionError(f"neighbour {node} runs another model")
+        self.out_streams[node] = stream
+        return stream
+
+    async def _drop_out(self, node: int) -> None:
+        stream = self.out_streams.pop(node, None)
+        if stream is not None:
+            self.bytes_closed[0] += stream.bytes_sent
+            self.bytes_closed[1] += stream.bytes_received
+            with trio.move_on_after(1.0):
+                await stream.aclose()
+
+    def _deadline(self) -> float:
+        run = self.run_info
+        return float(run.info.get("round_timeout", 60.0)) if run else 60.0
+
+    async def _gather(self, algorithm: GossipAlgorithm, round_: int, step: int) -> None:
+        """Feed what arrived for (round, step) until every expected origin is in, or the deadline."""
+        deadline = trio.current_time() + self._deadline()
+        fed: set[int] = set()
+        while True:
+            for sender, message in self.inbox.pop((round_, step), []):
+                fed.add(message.origin)
+                forward = algorithm.incoming(sender, message)
+                if forward:
+                    await self._send_all(forward, round_, step)
+            waiting = self.links.expected - fed
+            if not waiting or self.ended or trio.current_time() >= deadline or self.links.changed:
+                if waiting and not self.ended:
+                    log.info("peer %s round %d: no update from %s", self.name, round_, sorted(waiting))
+                return
+            with trio.move_on_at(deadline):
+                await self.inbox_changed.wait()
+
+    async def _report(self, round_: int, params: np.ndarray, loss: float, started: float, sent_before: int) -> None:
+        assert self.stream is not None
+        loss_test, accuracy = await self.evaluate(params)
+        sent, received = self.neighbour_bytes()
+        metrics = {"round": round_, "accuracy": accuracy, "loss": loss_test, "train_loss": loss,
+                   "epsilon": self.ledger.total, "bytes_sent": sent, "bytes_received": received,
+                   "bytes_sent_round": sent - sent_before, "rounds": self.total_rounds,
+                   "seconds": round(time.perf_counter() - started, 3)}
+        self.record(metrics)
+        try:
+            await self.stream.send(PeerReport(round=round_, metrics=metrics))
+        except CONNECTION_ERRORS as exc:
+            log.warning("peer %s cannot report: %s", self.name, exc)
+
+    # --- the serving side of neighbour links -------------------------------------------------
+
+    async def _serve_neighbour(self, raw: trio.abc.Stream) -> None:
+        while self.run_info is None:
+            await trio.sleep(0.01)
+        run = self.run_info
+        conn = Connection(Role.SERVER, local_id=self.name, run_id=self.options.run_id,
+                          limits=session_limits(run.num_params, None))
+        stream = MessageStream(raw, conn, timeout=None)
+        self.in_streams.append(stream)
+        try:
+            join = await stream.receive(timeout=30.0)
+            assert isinstance(join, JoinRequest)
+            sender = self.node_ids.get(join.sender, -1)
+            await stream.send(Accept(num_params=run.num_params, spec_hash=run.spec.hash, mode="ring"))
+            confirm = await stream.receive(timeout=30.0)
+            ok = isinstance(confirm, SpecConfirm) and confirm.spec_hash == run.spec.hash
+            await stream.send(SpecReply(ok=ok, spec_hash=run.spec.hash, spec_json="" if ok else run.spec.canonical_json()))
+            async for message in stream:
+                if isinstance(message, Upload):
+                    await stream.send(self._take(sender, message))
+        except CONNECTION_ERRORS as exc:
+            log.info("peer %s: neighbour link ended: %s", self.name, exc)
+        finally:
+            self.in_streams.remove(stream)
+            self.bytes_closed[0] += stream.bytes_sent
+            self.bytes_closed[1] += stream.bytes_received
+            await stream.aclose()
+
+    def _take(self, sender: int, upload: Upload) -> Message:
+        try:
+            message = _from_upload(upload, self.node_ids)
+        except (KeyError, ValueError, TypeError) as exc:
+            return Ack(accepted=False, reason=AckReason.INVALID, ack_seq=upload.seq, detail=str(exc)[:200])
+        self.inbox[(upload.round, int(upload.info.get("step", 0)))].append((sender, message))
+        self._wake()
+        return Ack(accepted=True, ack_seq=upload.seq)
+
+    async def _close_all(self) -> None:
+        for node in list(self.out_streams):
+            await self._drop_out(node)
+        if self.stream is not None:
+            with trio.move_on_after(2.0):
+                await self.stream.aclose("done")
+
+
+def _is_tcp(network: Network) -> bool:
+    from ringfl.transport import TcpNetwork
+
+    return isinstance(network, TcpNetwork)
+
+
+def _to_upload(message: GossipMessage, origin: str, round_: int, step: int) -> Upload:
+    """A gossip message as a 1004 upload; ``info`` names its origin by topology label."""
+    return Upload(round=round_, vector=message.vector, kind="gossip",
+                  info={"origin": origin, "step": step, "hop": message.hop, "weight": message.weight})
+
+
+def _from_upload(upload: Upload, node_of: dict[str, int]) -> GossipMessage:
+    vector = upload.vector
+    if not isinstance(vector, SparseVector):
+        vector = SparseVector(int(vector.size), np.arange(vector.size, dtype=np.uint32), vector)
+    info = upload.info
+    return GossipMessage(origin=node_of[str(info["origin"])], round=upload.round, vector=vector,
+                         step=int(info.get("step", 0)), hop=int(info.get("hop", 1)),
+                         weight=float(info.get("weight", 1.0)))
