@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ringfl.errors import RingflError
+from ringfl.errors import ConfigError, RingflError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -142,7 +142,10 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     from ringfl.progress import PeerPrinter
 
     _setup_logging(args)
-    options = PeerOptions(coordinator=args.coordinator, data=args.data, name=args.name or _default_name(),
+    if args.topology and args.id is None:
+        raise ConfigError("ring mode needs --id: this peer's node id in the topology")
+    name = args.id if args.topology else (args.name or _default_name())
+    options = PeerOptions(coordinator=args.coordinator, data=args.data, name=name,
                           peers=args.peers, index=args.index, partition=args.partition,
                           listen=args.listen or "", eval_samples=args.eval_samples)
     network = _network(_coordinator_config_from_tls(args))

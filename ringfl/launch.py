@@ -26,9 +26,8 @@ async def run_peer_processes(commands: Sequence[Sequence[str]], *, check: bool =
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 
     async def one(i: int, command: Sequence[str]) -> None:
-        output = subprocess.PIPE if capture else None
         results[i] = await trio.run_process(list(command), check=False, env=env,
-                                            stdout=output, stderr=output)
+                                            capture_stdout=capture, capture_stderr=capture)
 
     async with trio.open_nursery() as nursery:
         for i, command in enumerate(commands):

@@ -144,16 +144,20 @@ class PeerBase:
         if isinstance(reply, Reject):
             raise JoinRefused(f"coordinator refused to let {self.name!r} join: "
                               f"{RejectReason(reply.reason).name.lower()} ({reply.detail})")
-        assert isinstance(reply, Accept)
+        if not isinstance(reply, Accept):
+            raise JoinRefused(f"coordinator answered the join with {type(reply).__name__}")
         await self.stream.send(SpecConfirm(spec_hash=self.options.local_spec_hash))
         spec_reply = await self.stream.receive(timeout=60.0)
-        assert isinstance(spec_reply, SpecReply)
+        if not isinstance(spec_reply, SpecReply):
+            raise JoinRefused(f"coordinator answered the spec confirmation with {type(spec_reply).__name__}")
         spec = spec_from_json(spec_reply.spec_json) if spec_reply.spec_json else None
         if spec is None:
             raise JoinRefused("the coordinator confirmed a spec this peer does not have")
         if spec.hash != reply.spec_hash:
             raise JoinRefused("the spec received does not match the hash the coordinator announced")
         self.run_info = self._run_info(spec, reply)
+        settings = self.run_info.settings
+        self.ledger = PrivacyLedger(peer=self.name, budget=settings.budget, delta=settings.dp_delta)
         self.model = shared_model(spec)
         if self.model.num_params != reply.num_params:
             raise JoinRefused(f"model has {self.model.num_params} parameters, coordinator says {reply.num_params}")

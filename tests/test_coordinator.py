@@ -1,0 +1,194 @@
+"""Coordinator mode in memory: the algorithms learn, the server decides, checkpoints resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from ringfl.acceptance import AcceptancePolicy, Reason
+from ringfl.config import AcceptanceConfig
+from ringfl.coordinator import Coordinator
+from ringfl.metrics import read_jsonl
+from ringfl.protocol import (
+    Accept,
+    Ack,
+    AckReason,
+    Connection,
+    EndOfRun,
+    JoinRequest,
+    Reject,
+    Role,
+    RoundStart,
+    SpecConfirm,
+    SpecReply,
+    Upload,
+)
+from ringfl.transport import MemoryNetwork, dial
+from ringfl.vectors import SparseVector
+from tests.helpers import demo_config, run_coordinator
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "settings", "margin"),
+    [
+        ("fedavg", {}, 0.4),
+        ("fedsgd", {"server_lr": 1.0}, 0.2),
+        ("dssgd", {"theta_u": 0.1, "gamma": 0.05}, 0.3),
+    ],
+)
+async def test_algorithms_learn_round_over_round(algorithm, settings, margin):
+    config = demo_config(algorithm=algorithm, algorithm_settings=settings, rounds=3)
+    coordinator, peers = await run_coordinator(config)
+    accuracy = [r["accuracy"] for r in coordinator.history]
+    assert [r["round"] for r in coordinator.history] == [0, 1, 2, 3]
+    assert accuracy[-1] > accuracy[0] + margin, accuracy
+    assert accuracy[-1] >= accuracy[1] - 0.02  # no stale model: later rounds do not fall back
+    assert coordinator.pool_stats.applied == 3 * len(peers) and coordinator.pool_stats.rejected == 0
+    assert all(len(p.history) == 3 for p in peers)
+
+
+async def test_metrics_and_summary_files(tmp_path):
+    config = demo_config(rounds=2, peers=2)
+    coordinator, _ = await run_coordinator(config, out_dir=tmp_path)
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for key in ("accuracy", "loss", "bytes_in", "bytes_out", "accepted", "rejected", "pool_peak"):
+        assert key in records[-1]
+    assert records[-1]["bytes_in"] > records[1]["bytes_in"] > 0
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "checkpoint.npz").is_file()
+
+
+async def test_resume_continues_from_the_checkpoint(tmp_path):
+    first, _ = await run_coordinator(demo_config(rounds=2, peers=2, algorithm="dssgd",
+                                                 algorithm_settings={"theta_u": 0.1, "gamma": 0.05}),
+                                     out_dir=tmp_path)
+    saved = first.algorithm.state()
+    resumed = Coordinator(demo_config(rounds=3, peers=2, algorithm="dssgd",
+                                      algorithm_settings={"theta_u": 0.1, "gamma": 0.05}),
+                          MemoryNetwork(), tmp_path, resume=True)
+    assert resumed.round == 2
+    for key, value in saved.items():
+        assert np.array_equal(resumed.algorithm.state()[key], value), key
+    coordinator, _ = await run_coordinator(resumed.config, out_dir=tmp_path, resume=True)
+    assert coordinator.round == 3
+    assert [r["round"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
+
+
+async def test_dp_ledger_refuses_uploads_past_the_budget():
+    settings = {"theta_u": 0.1, "gamma": 0.05, "epsilon": 1.0, "budget": 2.0}
+    coordinator, peers = await run_coordinator(demo_config(algorithm="dssgd", rounds=4, peers=2,
+                                                           round_timeout=2.0, algorithm_settings=settings))
+    for peer in peers:
+        assert peer.ledger.total == pytest.approx(2.0)
+        assert len(peer.history) == 2  # the third upload would exceed the budget: the peer stops
+    assert all(ledger.total == pytest.approx(2.0) for ledger in coordinator.ledgers.values())
+    assert coordinator.history[-1]["epsilon_spent"] == pytest.approx(2.0)
+
+
+class RawClient:
+    """A hand-driven client session, to send what honest peers never would."""
+
+    def __init__(self, network, address, name):
+        self.network, self.address, self.name = network, address, name
+
+    async def join(self):
+        self.stream = await dial(self.network, self.address, Connection(Role.CLIENT, local_id=self.name,
+                                                                       run_id="test"))
+        await self.stream.send(JoinRequest())
+        reply = await self.stream.receive()
+        if isinstance(reply, Reject):
+            return reply
+        assert isinstance(reply, Accept)
+        self.num_params = reply.num_params
+        await self.stream.send(SpecConfirm(spec_hash=reply.spec_hash))
+        assert isinstance(await self.stream.receive(), SpecReply)
+        return reply
+
+    async def next_round(self):
+        while True:
+            message = await self.stream.receive()
+            if isinstance(message, (RoundStart, EndOfRun)):
+                return message
+
+    async def upload(self, vector, round_, base=None):
+        await self.stream.send(Upload(vector=vector, round=round_, base_version=round_ if base is None else base,
+                                      num_samples=10))
+        while True:
+            message = await self.stream.receive()
+            if isinstance(message, Ack):
+                return message
+
+
+async def test_the_server_decides_and_says_why():
+    """Each round, one upload: a rejected one also closes the round (the peer has answered)."""
+    config = demo_config(peers=1, rounds=4, acceptance=AcceptanceConfig(max_norm=100.0))
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        client = RawClient(network, address, "mallory")
+        await client.join()
+        n = client.num_params
+        attempts = [
+            (np.zeros(n - 1, np.float32), None),  # wrong length
+            (np.full(n, 2.0, np.float32), None),  # norm 2 * sqrt(4810) > 100
+            (SparseVector.empty(n), -1),  # computed on the previous round's model
+            (SparseVector.empty(n), None),  # fine
+        ]
+        acks = []
+        for vector, base_shift in attempts:
+            start = await client.next_round()
+            base = start.round + (base_shift or 0)
+            acks.append(await client.upload(vector, start.round, base=base))
+        acks.append(await client.upload(SparseVector.empty(n), 3))  # again, after the round closed
+        await client.stream.aclose()
+    assert [a.accepted for a in acks] == [False, False, False, True, False]
+    assert acks[0].reason == AckReason.INVALID and "wrong length" in acks[0].detail
+    assert acks[1].reason == AckReason.POLICY and "norm" in acks[1].detail
+    assert acks[2].reason == AckReason.STALE and "stale" in acks[2].detail
+    assert acks[4].reason == AckReason.STALE
+    assert coordinator.pool_stats.applied == 1 and coordinator.pool_stats.rejected == 4
+    assert coordinator.history[-1]["rejected_reasons"]["wrong length"] == 1
+
+
+async def test_duplicate_peer_name_is_refused():
+    config = demo_config(peers=1, rounds=1, round_timeout=5.0)
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        first, second = RawClient(network, address, "same"), RawClient(network, address, "same")
+        await first.join()
+        reply = await second.join()
+        assert isinstance(reply, Reject)
+        nursery.cancel_scope.cancel()
+
+
+def test_policy_rejects_non_finite_stale_and_oversized():
+    policy = AcceptancePolicy(AcceptanceConfig(max_staleness=1, max_norm=5.0), num_params=4)
+    good = np.ones(4, np.float32)
+    assert policy.check("a", 3, 3, 3, good) is Reason.ACCEPTED
+    assert policy.check("a", 3, 3, 3, np.array([1, np.nan, 0, 0], np.float32)) is Reason.NON_FINITE
+    assert policy.check("a", 3, 1, 3, good) is Reason.STALE
+    assert policy.check("a", 3, 2, 3, good) is Reason.ACCEPTED  # within the staleness bound
+    assert policy.check("a", 3, 3, 3, good * 10) is Reason.NORM_TOO_LARGE
+    assert policy.check("a", 3, 3, 3, np.ones(5, np.float32)) is Reason.WRONG_LENGTH
+    policy.record("a", 3)
+    assert policy.check("a", 3, 3, 3, good) is Reason.DUPLICATE
+
+
+async def test_round_closes_at_deadline_without_a_missing_peer():
+    """A peer that joins but never answers must not block the round forever."""
+    config = demo_config(peers=2, min_peers=1, rounds=1, round_timeout=1.0)
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        silent = RawClient(network, address, "silent")
+        await silent.join()
+        from ringfl.peer import Peer, PeerOptions
+
+        nursery.start_soon(Peer(network, PeerOptions(coordinator=address, name="honest", run_id="test")).run)
+    assert coordinator.round == 1
+    assert coordinator.history[-1]["participants"] == 1

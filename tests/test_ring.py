@@ -1,0 +1,64 @@
+"""Ring / topology mode in memory: every exchange algorithm learns on a 32-peer ring."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from ringfl.config import TrainingConfig
+from ringfl.peer import PeerOptions
+from ringfl.ring import Bootstrap, RingPeer, neighbour_list, origins_within
+from ringfl.topology import generate
+from ringfl.transport import MemoryNetwork
+from tests.helpers import demo_config
+
+
+async def run_ring(topology, algorithm, rounds=3, settings=None, **changes):
+    network = MemoryNetwork()
+    config = demo_config(algorithm=algorithm, rounds=rounds, algorithm_settings=settings or {"theta_u": 0.1},
+                         **changes)
+    bootstrap = Bootstrap(config, network, topology=topology)
+    peers = []
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(bootstrap.run)
+        for i, label in enumerate(topology.labels):
+            peer = RingPeer(network, PeerOptions(coordinator=address, name=label, peers=topology.n, index=i,
+                                                 run_id=config.run_id, eval_samples=200))
+            peers.append(peer)
+            nursery.start_soon(peer.run)
+    return bootstrap, peers
+
+
+@pytest.mark.parametrize("algorithm", ["gossip-dssgd", "relay", "choco"])
+async def test_32_peer_ring_learns(algorithm):
+    bootstrap, peers = await run_ring(generate("ring", 32), algorithm, rounds=3,
+                                      settings={"theta_u": 0.1, "choco_gamma": 0.5},
+                                      training=TrainingConfig(lr=0.2, batch_size=16))
+    history = bootstrap.history
+    assert [r["round"] for r in history] == [1, 2, 3]
+    assert all(r["peers_reporting"] == 32 for r in history)
+    assert history[-1]["accuracy"] > history[0]["accuracy"] + 0.05, [r["accuracy"] for r in history]
+    assert history[-1]["accuracy"] > 0.3
+    assert history[-1]["bytes"] > history[0]["bytes"] > 0
+    assert all(len(p.history) == 3 for p in peers)
+
+
+async def test_relay_waits_for_two_hop_origins_and_costs_more_bytes():
+    ring = generate("ring", 8)
+    gossip, _ = await run_ring(ring, "gossip-dssgd", rounds=2)
+    relay, _ = await run_ring(ring, "relay", rounds=2, settings={"theta_u": 0.1, "hops": 2})
+    assert relay.history[-1]["bytes_round"] > 1.5 * gossip.history[-1]["bytes_round"]
+
+
+def test_neighbour_lists_and_expected_origins():
+    ring = generate("ring", 8)
+    labels = list(ring.labels)
+    links = neighbour_list(ring, 0, labels, {label: f"addr{label}" for label in labels})
+    assert sorted(n.peer_id for n in links) == ["1", "7"]
+    assert all(n.weight == pytest.approx(1 / 3) and n.address for n in links)
+    assert origins_within(ring, 0, 1) == [1, 7]
+    assert origins_within(ring, 0, 2) == [1, 2, 6, 7]
+    directed = generate("ring", 8, directed=True)
+    links = {n.peer_id: n for n in neighbour_list(directed, 0, labels, {label: "a" for label in labels})}
+    assert links["7"].weight > 0 and not links["7"].address  # in-neighbour: mixed, not dialled
+    assert links["1"].address and links["1"].weight == 0  # out-neighbour: dialled, not mixed
