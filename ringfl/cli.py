@@ -117,7 +117,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     server.on_round.append(printer.show)
 
     async def announce(address: str) -> None:
-        print(f"coordinator listening on {address}; waiting for {config.peers} peer(s)", flush=True)
+        print(f"coordinator listening on {address}; waiting for {server.config.peers} peer(s)", flush=True)
 
     summary = trio.run(_serve_until_done, server, announce)
     printer.finish(summary, out)
