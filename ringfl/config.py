@@ -20,7 +20,7 @@ import yaml
 from ringfl.errors import ConfigError
 
 T = TypeVar("T")
-ORDERS = ("auto", "sync", "round-robin", "random")
+ORDERS = ("auto", "sync", "round-robin", "random", "async")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class RunConfig:
     model: str = "digits-mlp"  # shipped spec name or a spec file
     data: str = "digits"  # the coordinator's held-out test data (and the demo peers' data)
     algorithm: str = "fedavg"  # coordinator: fedsgd | fedavg | dssgd; ring: gossip-dssgd | relay | choco
-    order: str = "auto"  # auto (dssgd: round-robin, else sync) | sync | round-robin | random
+    order: str = "auto"  # auto (dssgd: round-robin, else sync) | sync | round-robin | random | async
     rounds: int = 5
     peers: int = 4  # expected participants; a round starts when they joined (or min_peers by join_timeout)
     min_peers: int = 1

@@ -162,8 +162,9 @@ class SessionServer:
     # --- accepting ---------------------------------------------------------------------------
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id,
-                          limits=session_limits(self.num_params, self.config.max_frame))
+        # Non-finite values pass the codec here so the acceptance policy can answer with a reason.
+        limits = dataclasses.replace(session_limits(self.num_params, self.config.max_frame), allow_nonfinite=True)
+        conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id, limits=limits)
         messages = MessageStream(stream, conn, timeout=None)
         session: PeerSession | None = None
         try:
@@ -325,13 +326,18 @@ class Coordinator(SessionServer):
         self.rng = np.random.default_rng(config.seed)
         self.algorithm = make_coordinator_algorithm(
             config.algorithm, self.model.init_params(config.seed), self.settings, self.rng)
-        self.policy = AcceptancePolicy(config.acceptance, self.num_params)
+        acceptance = config.acceptance
+        if self.order == "async" and acceptance.max_staleness < 1:  # the round moves under every peer
+            acceptance = dataclasses.replace(acceptance, max_staleness=1)
+        self.policy = AcceptancePolicy(acceptance, self.num_params)
         self.pool_stats = PoolStats()
         self.ledgers: dict[str, PrivacyLedger] = {}
         self.round = 0
         self.version = 0  # global model version: bumped by every applied update
         self.round_open = False
         self.selected: set[str] = set()
+        self.async_started: set[str] = set()
+        self.async_answers = 0
         self.answered: set[str] = set()
         self.out_dir = out_dir
         self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None
@@ -416,7 +422,9 @@ class Coordinator(SessionServer):
             self.progress.notify()
 
     def _decide(self, item: PoolItem) -> tuple[Reason, str]:
-        if not self.round_open or item.peer not in self.selected:
+        if self.order == "async":
+            self.async_answers += 1
+        elif not self.round_open or item.peer not in self.selected:
             return Reason.ROUND_CLOSED if item.round < self.round else Reason.NOT_SELECTED, ""
         reason = self.policy.check(item.peer, item.round, item.base_version, self.round, item.vector)
         if reason is not Reason.ACCEPTED:
@@ -460,7 +468,7 @@ class Coordinator(SessionServer):
         if self.round == 0 and not self.history:
             await self._record(0, [])
         while self.round < self.config.rounds:
-            participants = await self._play_round()
+            participants = await (self._play_async() if self.order == "async" else self._play_round())
             self.algorithm.end_round()
             self.round_open = False
             self.round += 1
@@ -470,6 +478,20 @@ class Coordinator(SessionServer):
                 self._checkpoint()
         await self.end_run("all rounds done")
         return self._summary()
+
+    async def _play_async(self) -> list[str]:
+        """Asynchronous DSSGD: peers loop on their own (download, epoch, upload) and the server
+        applies each upload on arrival; a "round" here is one upload per live peer, for metrics,
+        evaluation and checkpoints."""
+        for session in self.alive():
+            if session.peer_id not in self.async_started:
+                self.async_started.add(session.peer_id)
+                await self.send_quietly(session, RoundStart(round=self.round, selected=True, info={
+                    "async": True, "epochs": self.config.rounds - self.round}))
+        start = self.async_answers
+        await self.progress.wait_until(lambda: self.async_answers - start >= len(self.alive()) or not self.alive(),
+                                       trio.current_time() + self.config.round_timeout)
+        return sorted(self.async_started)
 
     def _groups(self, peers: list[PeerSession]) -> list[list[PeerSession]]:
         if self.order == "sync":

@@ -225,13 +225,22 @@ class Peer(PeerBase):
                     break
                 if isinstance(message, RoundStart) and message.selected:
                     try:
-                        if not await self._play_round(message.round):
+                        if not await self._play_rounds(message):
                             break
                     except _RunEnded:
                         break
         finally:
             await self.stream.aclose("done")
         return self.history
+
+    async def _play_rounds(self, start: RoundStart) -> bool:
+        """One round, or (asynchronous DSSGD) all remaining epochs back to back."""
+        if not start.info.get("async"):
+            return await self._play_round(start.round)
+        for epoch in range(start.round, start.round + int(start.info.get("epochs", 1))):
+            if not await self._play_round(epoch):
+                return False
+        return True
 
     async def _play_round(self, round_: int) -> bool:
         """One round: 1002 → Params, local work, 1004 → Ack, report. False: stop participating."""

@@ -17,6 +17,7 @@ from ringfl.protocol import (
     Connection,
     EndOfRun,
     JoinRequest,
+    Limits,
     Reject,
     Role,
     RoundStart,
@@ -122,7 +123,7 @@ class RawClient:
 
 async def test_the_server_decides_and_says_why():
     """Each round, one upload: a rejected one also closes the round (the peer has answered)."""
-    config = demo_config(peers=1, rounds=4, acceptance=AcceptanceConfig(max_norm=100.0))
+    config = demo_config(peers=1, rounds=5, acceptance=AcceptanceConfig(max_norm=100.0))
     network = MemoryNetwork()
     coordinator = Coordinator(config, network)
     async with trio.open_nursery() as nursery:
@@ -134,21 +135,24 @@ async def test_the_server_decides_and_says_why():
             (np.zeros(n - 1, np.float32), None),  # wrong length
             (np.full(n, 2.0, np.float32), None),  # norm 2 * sqrt(4810) > 100
             (SparseVector.empty(n), -1),  # computed on the previous round's model
+            (np.full(n, np.nan, np.float32), None),  # diverged
             (SparseVector.empty(n), None),  # fine
         ]
+        client.stream.conn.limits = Limits(allow_nonfinite=True).for_model(n)  # let mallory send NaN
         acks = []
         for vector, base_shift in attempts:
             start = await client.next_round()
             base = start.round + (base_shift or 0)
             acks.append(await client.upload(vector, start.round, base=base))
-        acks.append(await client.upload(SparseVector.empty(n), 3))  # again, after the round closed
+        acks.append(await client.upload(SparseVector.empty(n), 4))  # again, after the round closed
         await client.stream.aclose()
-    assert [a.accepted for a in acks] == [False, False, False, True, False]
+    assert [a.accepted for a in acks] == [False, False, False, False, True, False]
     assert acks[0].reason == AckReason.INVALID and "wrong length" in acks[0].detail
     assert acks[1].reason == AckReason.POLICY and "norm" in acks[1].detail
     assert acks[2].reason == AckReason.STALE and "stale" in acks[2].detail
-    assert acks[4].reason == AckReason.STALE
-    assert coordinator.pool_stats.applied == 1 and coordinator.pool_stats.rejected == 4
+    assert acks[3].reason == AckReason.INVALID and "non finite" in acks[3].detail
+    assert acks[5].reason == AckReason.STALE
+    assert coordinator.pool_stats.applied == 1 and coordinator.pool_stats.rejected == 5
     assert coordinator.history[-1]["rejected_reasons"]["wrong length"] == 1
 
 
@@ -192,3 +196,13 @@ async def test_round_closes_at_deadline_without_a_missing_peer():
         nursery.start_soon(Peer(network, PeerOptions(coordinator=address, name="honest", run_id="test")).run)
     assert coordinator.round == 1
     assert coordinator.history[-1]["participants"] == 1
+
+
+@pytest.mark.parametrize("order", ["random", "async"])
+async def test_dssgd_exchange_orders(order):
+    config = demo_config(algorithm="dssgd", order=order, rounds=3, algorithm_settings={"theta_u": 0.1})
+    coordinator, peers = await run_coordinator(config)
+    accuracy = [r["accuracy"] for r in coordinator.history]
+    assert accuracy[-1] > accuracy[0] + 0.3, accuracy
+    assert coordinator.pool_stats.applied >= 3 * len(peers) - 1  # async: a straggler may be late
+    assert all(len(p.history) == 3 for p in peers)
