@@ -58,6 +58,7 @@ from ringfl.protocol import (
     Upload,
 )
 from ringfl.transport import CONNECTION_ERRORS, MessageStream, Network
+from ringfl.wal import UpdateLog
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +346,11 @@ class Coordinator(SessionServer):
         self.test_x, self.test_y = prepare(test.x, spec.input_shape), test.y
         self.history: list[dict[str, Any]] = []
         self.started = time.perf_counter()
+        self.wal = UpdateLog(out_dir / "updates.wal", self.num_params) if out_dir else None
         if resume:
             self._restore()
+        elif self.wal is not None:
+            self.wal.reset()
         send, receive = trio.open_memory_channel[PoolItem](config.pool_size)
         self._pool_send, self._pool_receive = send, receive
 
@@ -365,7 +369,10 @@ class Coordinator(SessionServer):
             "ledgers": {peer: ledger.to_dict() for peer, ledger in self.ledgers.items()},
             "applied": self.pool_stats.applied,
         }
+        meta["seen"] = sorted(self.policy.seen)
         save_checkpoint(self.checkpoint_path, self.algorithm.state(), meta)
+        if self.wal is not None:
+            self.wal.reset()
 
     def _restore(self) -> None:
         assert self.checkpoint_path is not None
@@ -379,6 +386,8 @@ class Coordinator(SessionServer):
         self.indices = {k: int(v) for k, v in meta["indices"].items()}
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
         self.pool_stats.applied = int(meta.get("applied", 0))
+        self.policy.seen = {(str(peer), int(r)) for peer, r in meta.get("seen", [])}
+        self._replay_log(self.pool_stats.applied)
         log.info("resumed at round %d from %s", self.round, self.checkpoint_path)
 
     # --- the session side ----------------------------------------------------------------
@@ -410,16 +419,55 @@ class Coordinator(SessionServer):
                                                    stats.tasks_waiting_send)
 
     async def apply_pool(self) -> None:
-        """The background gradient-processing task: decide, apply, acknowledge, in arrival order."""
-        async for item in self._pool_receive:
-            item.reason, item.detail = self._decide(item)
-            self.pool_stats.count(item.reason)
-            if item.reason is Reason.ACCEPTED:
-                self.version += 1
-            if item.peer in self.selected:
-                self.answered.add(item.peer)
-            item.decided.set()
+        """The background gradient-processing task: decide and apply in arrival order, log what
+        was accepted (one fsync for everything that arrived together), then acknowledge."""
+        while True:
+            batch = [await self._pool_receive.receive()]
+            while True:
+                try:
+                    batch.append(self._pool_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            accepted = [item for item in batch if self._apply(item)]
+            if accepted and self.wal is not None:
+                entries = [self._log_entry(item, self.pool_stats.applied - len(accepted) + i + 1)
+                           for i, item in enumerate(accepted)]
+                await trio.to_thread.run_sync(self.wal.append, entries)
+            for item in batch:
+                item.decided.set()
             self.progress.notify()
+
+    def _apply(self, item: PoolItem) -> bool:
+        item.reason, item.detail = self._decide(item)
+        self.pool_stats.count(item.reason)
+        if item.peer in self.selected:
+            self.answered.add(item.peer)
+        if item.reason is Reason.ACCEPTED:
+            self.version += 1
+            return True
+        return False
+
+    @staticmethod
+    def _log_entry(item: PoolItem, index: int) -> Upload:
+        return Upload(vector=item.vector, round=item.round, base_version=item.base_version,
+                      num_samples=item.num_samples, sender=item.peer, seq=index)
+
+    def _replay_log(self, applied: int) -> None:
+        """Re-apply uploads acknowledged after the checkpoint (a crash lost them from memory)."""
+        assert self.wal is not None
+        replayed = 0
+        for entry in self.wal.read():
+            if entry.seq <= applied:
+                continue
+            self.algorithm.submit(Update(entry.sender, entry.round, entry.vector, entry.num_samples))
+            self.policy.record(entry.sender, entry.round)
+            if self.settings.epsilon:
+                self._ledger(entry.sender).spend(self.settings.epsilon, label=entry.round)
+            self.pool_stats.applied += 1
+            self.version += 1
+            replayed += 1
+        if replayed:
+            log.info("replayed %d acknowledged uploads from %s", replayed, self.wal.path)
 
     def _decide(self, item: PoolItem) -> tuple[Reason, str]:
         if self.order == "async":
