@@ -303,6 +303,11 @@ def session_limits(num_params: int, max_frame: int | None) -> Limits:
     return dataclasses.replace(limits, max_frame=max_frame) if max_frame else limits
 
 
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: a vacuous bound is written as null."""
+    return value if math.isfinite(value) else None
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
@@ -617,7 +622,8 @@ class Coordinator(SessionServer):
         }
         if self.settings.epsilon:
             summary["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
-            summary["epsilon_advanced"] = {p: lg.advanced_total() for p, lg in sorted(self.ledgers.items())}
+            summary["epsilon_advanced"] = {p: _finite_or_none(lg.advanced_total())
+                                           for p, lg in sorted(self.ledgers.items())}
         if self.metrics:
             self.metrics.write_summary(summary)
         return summary

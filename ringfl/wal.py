@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 
 from ringfl.errors import ConfigError
-from ringfl.protocol import EOF, NEED_DATA, FrameDecoder, Limits, RemoteProtocolError, Upload, encode
+from ringfl.protocol import (
+    EOF,
+    NEED_DATA,
+    FrameDecoder,
+    Limits,
+    RemoteProtocolError,
+    Upload,
+    encode,
+)
 
 
 class UpdateLog:

@@ -27,7 +27,16 @@ from ringfl.data import load_source, peer_indices, prepare
 from ringfl.launch import run_peer_processes
 from ringfl.model import load_spec
 from ringfl.model.runtime import shared_model
-from ringfl.protocol import Accept, Ack, Connection, JoinRequest, Role, RoundStart, SpecConfirm, Upload
+from ringfl.protocol import (
+    Accept,
+    Ack,
+    Connection,
+    JoinRequest,
+    Role,
+    RoundStart,
+    SpecConfirm,
+    Upload,
+)
 from ringfl.transport import TcpNetwork, dial
 from ringfl.vectors import SparseVector
 

@@ -245,6 +245,7 @@ def test_advanced_composition_bound() -> None:
     few.spend(1.0)
     assert few.best_total() == 1.0  # one step: basic composition is the better bound
     assert advanced_composition([], delta) == 0.0
+    assert advanced_composition([1000.0], delta) == float("inf")  # vacuous, not an OverflowError
     with pytest.raises(ValueError):
         advanced_composition([1.0], 0.0)
 

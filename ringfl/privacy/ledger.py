@@ -33,6 +33,8 @@ def advanced_composition(epsilons: list[float], delta: float) -> float:
         raise ValueError("advanced composition needs 0 < delta < 1")
     if not epsilons:
         return 0.0
+    if max(epsilons) > 700.0:  # e^ε overflows a float: the bound is vacuous anyway
+        return math.inf
     squares = sum(e * e for e in epsilons)
     return math.sqrt(2.0 * math.log(1.0 / delta) * squares) + sum(
         e * math.expm1(e) for e in epsilons
