@@ -12,18 +12,22 @@ algorithm and (unless given) its partition index come from the coordinator's Acc
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ringfl.algorithms import AlgorithmSettings, make_peer_algorithm
+from ringfl.attacks import corrupt
+from ringfl.checkpoint import atomic_write_bytes
 from ringfl.config import PartitionConfig, TrainingConfig, build
 from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
-from ringfl.errors import RingflError
+from ringfl.errors import ConfigError, RingflError
 from ringfl.model import ModelSpec, spec_from_json
 from ringfl.model.runtime import Model, shared_model
 from ringfl.privacy.ledger import BudgetExhausted, PrivacyLedger
@@ -69,6 +73,8 @@ class PeerOptions:
     local_spec_hash: str = ""  # confirm a spec we already have (else ask for it)
     eval_every: int = 1
     eval_samples: int | None = None  # evaluate on at most this many test samples
+    ledger_path: str | None = None  # persist the privacy ledger here (survives restarts)
+    attack: str | None = None  # experiments only: upload corrupted updates (ringfl.attacks)
 
 
 @dataclass
@@ -156,14 +162,35 @@ class PeerBase:
         if spec.hash != reply.spec_hash:
             raise JoinRefused("the spec received does not match the hash the coordinator announced")
         self.run_info = self._run_info(spec, reply)
-        settings = self.run_info.settings
-        self.ledger = PrivacyLedger(peer=self.name, budget=settings.budget, delta=settings.dp_delta)
+        self.ledger = self._load_ledger(self.run_info.settings)
         self.model = shared_model(spec)
         if self.model.num_params != reply.num_params:
             raise JoinRefused(f"model has {self.model.num_params} parameters, coordinator says {reply.num_params}")
         if self.data is None:
             self.data = self._load_data(self.run_info)
         return self.run_info
+
+    def _load_ledger(self, settings: AlgorithmSettings) -> PrivacyLedger:
+        """The ε spent so far — from ``ledger_path`` if a previous run of this peer left one."""
+        path = Path(self.options.ledger_path) if self.options.ledger_path else None
+        if path is not None and path.is_file():
+            try:
+                saved = PrivacyLedger.from_dict(json.loads(path.read_text()))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(f"privacy ledger {path} is unreadable ({exc})") from None
+            return PrivacyLedger(peer=self.name, budget=settings.budget, delta=settings.dp_delta,
+                                 entries=saved.entries)
+        return PrivacyLedger(peer=self.name, budget=settings.budget, delta=settings.dp_delta)
+
+    def save_ledger(self) -> None:
+        """Persist the ledger atomically after every spend, so a restart cannot forget ε."""
+        if self.options.ledger_path and self.ledger.count:
+            text = json.dumps(self.ledger.to_dict(), sort_keys=True) + "\n"
+            atomic_write_bytes(Path(self.options.ledger_path), text.encode())
+
+    def corrupt(self, vector: Any, rng: np.random.Generator) -> Any:
+        """A Byzantine peer's upload (experiments only); honest peers send ``vector`` unchanged."""
+        return corrupt(vector, self.options.attack, rng) if self.options.attack else vector
 
     def _run_info(self, spec: ModelSpec, accept: Accept) -> RunInfo:
         info = dict(accept.info)
@@ -258,6 +285,8 @@ class Peer(PeerBase):
         except BudgetExhausted as exc:
             log.warning("peer %s stops uploading: %s", self.name, exc)
             return False
+        self.save_ledger()
+        update = self.corrupt(update, self.rng)
         self.local = end
         await self.stream.send(Upload(round=round_, vector=update, num_samples=self.data.num_samples,
                                       base_version=base, kind="gradient" if self.local_work == "gradient" else "delta"))

@@ -13,6 +13,7 @@ confirm spec, then one 1004 upload per exchange, acknowledged), the receiving pe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -389,6 +390,8 @@ class RingPeer(PeerBase):
             except BudgetExhausted as exc:
                 log.warning("peer %s stops: %s", self.name, exc)
                 break
+            self.save_ledger()
+            messages = [dataclasses.replace(m, vector=self.corrupt(m.vector, rng)) for m in messages]
             sent_before = self.neighbour_bytes()[0]
             for step in range(algorithm.steps):
                 if step:

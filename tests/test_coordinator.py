@@ -237,3 +237,40 @@ async def test_acknowledged_uploads_survive_a_crash(tmp_path):
     assert resumed.pool_stats.applied >= acked_total
     assert resumed.algorithm.pending >= acked_in(1)
     assert resumed.pool_stats.applied == 3 + resumed.algorithm.pending
+
+
+async def test_peer_ledger_persists_across_restarts(tmp_path):
+    """A restarted peer remembers the ε it spent and refuses uploads past the budget sooner."""
+    from ringfl.peer import Peer, PeerOptions
+
+    settings = {"theta_u": 0.1, "gamma": 0.05, "epsilon": 1.0, "budget": 3.0}
+    ledger = tmp_path / "ledger.json"
+    spent = []
+    for _ in range(2):
+        config = demo_config(algorithm="dssgd", rounds=2, peers=1, round_timeout=2.0, algorithm_settings=settings)
+        network = MemoryNetwork()
+        coordinator = Coordinator(config, network)
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(coordinator.run)
+            peer = Peer(network, PeerOptions(coordinator=address, name="p", run_id="test", ledger_path=str(ledger)))
+            nursery.start_soon(peer.run)
+        spent.append((peer.ledger.total, len(peer.history)))
+    assert spent == [(2.0, 2), (3.0, 1)]  # the second run could afford only one more epoch
+
+
+async def test_robust_median_resists_a_sign_flipping_peer():
+    from ringfl.peer import Peer, PeerOptions
+
+    results = {}
+    for rule in ("mean", "median"):
+        config = demo_config(peers=5, min_peers=5, rounds=3, algorithm="fedavg", algorithm_settings={"robust": rule})
+        network = MemoryNetwork()
+        coordinator = Coordinator(config, network)
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(coordinator.run)
+            for i in range(5):
+                attack = "scale:-4" if i == 0 else None
+                nursery.start_soon(Peer(network, PeerOptions(coordinator=address, name=f"p{i}", peers=5, index=i,
+                                                             run_id="test", attack=attack)).run)
+        results[rule] = coordinator.history[-1]["accuracy"]
+    assert results["median"] > results["mean"] + 0.1, results
