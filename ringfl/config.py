@@ -59,6 +59,7 @@ class TLSConfig:
     cert: str | None = None
     key: str | None = None
     require_client_cert: bool = False
+    allow: list[str] | None = None  # coordinator: certificate names (= peer ids) allowed to join
 
     @property
     def enabled(self) -> bool:
@@ -134,6 +135,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if "dict" in text and isinstance(value, Mapping):
         return dict(value)
+    if "list" in text and isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+        return [str(v) for v in value]
     raise ConfigError(f"{where}: expected {text}, got {value!r}")
 
 
@@ -155,6 +158,8 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (0 <= config.port <= 65535, "port must be in 0..65535"),
         (config.round_timeout > 0, "round_timeout must be > 0"),
         (config.order in ORDERS, f"order must be one of {', '.join(ORDERS)}"),
+        (not config.tls.allow or config.tls.require_client_cert,
+         "tls.allow needs tls.require_client_cert: true (only client certificates carry a name)"),
     ]
     for ok, message in checks:
         if not ok:

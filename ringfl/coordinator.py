@@ -172,7 +172,7 @@ class SessionServer:
             join = await messages.receive(timeout=30.0)
             if not isinstance(join, JoinRequest):  # the state table allows nothing else first
                 return
-            session = await self._admit(messages, join)
+            session = await self._admit(messages, join, tls_identity(stream))
             if session is None:
                 return
             async for message in messages:
@@ -184,9 +184,9 @@ class SessionServer:
                 self._drop(session)
             await messages.aclose()
 
-    async def _admit(self, messages: MessageStream, join: JoinRequest) -> PeerSession | None:
+    async def _admit(self, messages: MessageStream, join: JoinRequest, identity: str | None) -> PeerSession | None:
         peer_id = join.sender or f"peer-{len(self.indices)}"
-        reason = self.join_refusal(peer_id, join)
+        reason = self.identity_refusal(peer_id, identity) or self.join_refusal(peer_id, join)
         if reason is not None:
             await messages.send(Reject(reason=reason[0], detail=reason[1]))
             log.warning("refused join of %s: %s", peer_id, reason[1])
@@ -206,6 +206,15 @@ class SessionServer:
         self.on_join(session)
         self.progress.notify()
         return session
+
+    def identity_refusal(self, peer_id: str, identity: str | None) -> tuple[int, str] | None:
+        """Mutual TLS: the certificate names the peer; with an allowlist, only those names join."""
+        tls = self.config.tls
+        if tls.require_client_cert and identity is not None and identity != peer_id:
+            return RejectReason.NOT_ALLOWED, f"certificate is for {identity!r}, not {peer_id!r}"
+        if tls.allow and identity not in tls.allow:
+            return RejectReason.NOT_ALLOWED, f"{identity or peer_id!r} is not on the allowlist"
+        return None
 
     def join_refusal(self, peer_id: str, join: JoinRequest) -> tuple[int, str] | None:
         if not self.running:
@@ -295,6 +304,18 @@ class SessionServer:
         self.running = False
         for session in self.alive():
             await self.send_quietly(session, EndOfRun(reason=reason))
+
+
+def tls_identity(stream: trio.abc.Stream) -> str | None:
+    """The name in a verified client certificate, if the stream is TLS and the client sent one."""
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    from ringfl.certs import PeerIdentityError, certificate_name
+
+    try:
+        return certificate_name(stream)
+    except PeerIdentityError:
+        return None
 
 
 def session_limits(num_params: int, max_frame: int | None) -> Limits:
