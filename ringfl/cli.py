@@ -14,7 +14,14 @@ from typing import Any
 
 import trio
 
+if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup
+else:  # trio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup
+
 from ringfl.errors import ConfigError, RingflError
+from ringfl.protocol import ProtocolError
+from ringfl.transport import TransportError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -147,7 +154,8 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     name = args.id if args.topology else (args.name or _default_name())
     options = PeerOptions(coordinator=args.coordinator, data=args.data, name=name,
                           peers=args.peers, index=args.index, partition=args.partition,
-                          listen=args.listen or "", eval_samples=args.eval_samples)
+                          listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
+                          attack=args.attack)
     network = _network(_coordinator_config_from_tls(args))
     if args.topology:
         from ringfl.ring import RingPeer
@@ -200,6 +208,62 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summary = trio.run(_serve_until_done, coordinator, start_peers)
     printer.finish(summary, out)
     return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    """A grid of settings with the centralized and standalone reference lines (docs/experiments.md)."""
+    from ringfl.experiment import flags_experiment, load_experiment, plan, run_experiment
+
+    _setup_logging(args)
+    flags = {"topology": args.topology, "peers": args.peers, "rounds": args.rounds, "data": args.data,
+             "algorithm": args.algorithm, "model": args.model}
+    if args.file:
+        experiment = load_experiment(args.file, {k: v for k, v in flags.items() if v is not None})
+    else:
+        experiment = plan(flags_experiment(flags), where="command line")
+    out = args.out or str(Path("results") / experiment.name)
+    worker = _worker(args.worker) if args.worker else None
+    run_experiment(experiment, out, transport=args.transport, jobs=args.jobs, worker=worker)
+    return 0
+
+
+def _worker(text: str) -> tuple[int, int]:
+    from ringfl.errors import ConfigError
+
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise ConfigError(f"--worker must be I/J with 0 <= I < J, got {text!r}")
+    return int(index), int(count)
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from ringfl import certs
+
+    if args.certs_command == "init":
+        path = certs.init_ca(Path(args.dir), force=args.force)
+        print(f"CA written: {path}")
+    else:
+        paths = certs.issue(Path(args.dir), args.name, ips=args.ip or ("127.0.0.1",),
+                            dns=args.dns or ("localhost",), days=args.days, force=args.force)
+        print(f"certificate {paths.cert}\nkey         {paths.key}\nCA          {paths.ca}")
+    return 0
+
+
+def _add_certs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certs", help="create a CA and certificates for (mutual) TLS")
+    csub = p.add_subparsers(dest="certs_command", required=True)
+    init = csub.add_parser("init", help="create a CA in DIR (ca.pem, ca-key.pem)")
+    init.add_argument("dir")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    issue = csub.add_parser("issue", help="issue a certificate for NAME (a peer id or 'coordinator')")
+    issue.add_argument("dir")
+    issue.add_argument("name")
+    issue.add_argument("--ip", action="append", help="IP address SAN (repeatable; default 127.0.0.1)")
+    issue.add_argument("--dns", action="append", help="DNS name SAN (repeatable; default localhost)")
+    issue.add_argument("--days", type=int, default=397)
+    issue.add_argument("--force", action="store_true")
+    for parser in (init, issue):
+        parser.set_defaults(handler=_cmd_certs)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -269,6 +333,8 @@ def _add_peer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", help="ring/topology mode: this peer's node id in the topology")
     p.add_argument("--listen", metavar="HOST:PORT", help="ring mode: where neighbours dial in (default: ephemeral)")
     p.add_argument("--eval-samples", type=int, help="evaluate on at most this many test samples")
+    p.add_argument("--ledger", metavar="FILE", help="keep this peer's privacy ledger here across restarts")
+    p.add_argument("--attack", help=argparse.SUPPRESS)  # experiments: sign-flip | scale:K | noise:S
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -287,21 +353,50 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="run a grid of settings with reference lines; write a report")
+    p.add_argument("file", nargs="?", help="experiment file (YAML); without it, one setting from the flags")
+    p.add_argument("--out", help="output folder (default: results/NAME); finished settings are skipped")
+    p.add_argument("--transport", choices=("memory", "tcp"), default="memory",
+                   help="memory: all peers in this process; tcp: one peer process each on loopback")
+    p.add_argument("--jobs", type=int, default=1, help="settings run at once, each in its own process")
+    p.add_argument("--topology", help="topology file (ring mode); with FILE: overrides base")
+    p.add_argument("--peers", type=int)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--data", help="digits | fashion-mnist[:DIR] | idx:DIR | npz:FILE")
+    p.add_argument("--algorithm", help="fedsgd | fedavg | dssgd | gossip-dssgd | relay | choco")
+    p.add_argument("--model", help="shipped spec name or spec file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # I/J: run every J-th setting (used by --jobs)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_cmd_experiment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_coordinator, _add_peer, _add_train, _add_model, _add_protocol, _add_topology):
+    for add in (_add_demo, _add_coordinator, _add_peer, _add_experiment, _add_train, _add_model, _add_protocol,
+                _add_topology, _add_certs):
         add(sub)
     return parser
+
+
+def _user_facing(exc: BaseException) -> BaseException | None:
+    """The user-facing error inside ``exc`` (trio wraps task errors in exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, (RingflError, TransportError, ProtocolError)) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except RingflError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, BaseExceptionGroup) as exc:
+        error = _user_facing(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, RingflError) else 1  # 1: the network or the other side failed us
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

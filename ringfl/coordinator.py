@@ -367,9 +367,11 @@ class Coordinator(SessionServer):
         self.async_answers = 0
         self.answered: set[str] = set()
         self.out_dir = out_dir
-        self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None
         test = load_source(config.data, num_classes=spec.num_classes).test
         self.test_x, self.test_y = prepare(test.x, spec.input_shape), test.y
+        if resume and out_dir is not None:
+            load_checkpoint(out_dir / "checkpoint.npz")  # fail before touching any file
+        self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None  # inputs are valid now
         self.history: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.wal = UpdateLog(out_dir / "updates.wal", self.num_params) if out_dir else None
