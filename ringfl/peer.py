@@ -12,6 +12,7 @@ algorithm and (unless given) its partition index come from the coordinator's Acc
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import trio
 
 from ringfl.algorithms import AlgorithmSettings, make_peer_algorithm
 from ringfl.attacks import corrupt
@@ -115,15 +117,21 @@ def load_peer_data(source: str, spec: ModelSpec, partition: PartitionConfig, pee
     splits: DataSplits = load_source(source, num_classes=spec.num_classes)
     params = {p: getattr(partition, p) for p in kind_params(partition.kind)}
     rows = peer_indices(splits.train.y, partition.kind, peers, seed, index, **params)
-    test_x, test_y = splits.test.x, splits.test.y
-    if eval_samples is not None and eval_samples < len(test_y):
-        test_x, test_y = test_x[:eval_samples], test_y[:eval_samples]
-    return PeerData(
-        x=prepare(splits.train.x[rows], spec.input_shape),
-        y=splits.train.y[rows],
-        test_x=prepare(test_x, spec.input_shape),
-        test_y=test_y,
-    )
+    test_x, test_y = shared_test_data(source, spec.input_shape, spec.num_classes, eval_samples)
+    return PeerData(x=prepare(splits.train.x[rows], spec.input_shape), y=splits.train.y[rows],
+                    test_x=test_x, test_y=test_y)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_test_data(source: str, input_shape: tuple[int, ...], num_classes: int,
+                     eval_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One prepared, read-only copy of the test split per process: hundreds of in-process peers
+    evaluate on the same arrays instead of holding a copy each."""
+    test = load_source(source, num_classes=num_classes).test
+    count = len(test.y) if eval_samples is None else min(eval_samples, len(test.y))
+    x = prepare(test.x[:count], input_shape)
+    x.setflags(write=False)
+    return x, test.y[:count]
 
 
 class PeerBase:
@@ -256,8 +264,9 @@ class Peer(PeerBase):
                             break
                     except _RunEnded:
                         break
-        finally:
             await self.stream.aclose("done")
+        finally:
+            await close_forcefully([self.stream])
         return self.history
 
     async def _play_rounds(self, start: RoundStart) -> bool:
@@ -320,3 +329,12 @@ class Peer(PeerBase):
 
 class _RunEnded(Exception):
     pass
+
+
+async def close_forcefully(streams: list[MessageStream | None]) -> None:
+    """Close at once, even while being cancelled — what the OS does to a killed process's
+    sockets, so the other side sees the peer leave instead of a connection that hangs."""
+    with trio.CancelScope(shield=True):
+        for stream in streams:
+            if stream is not None:
+                await trio.aclose_forcefully(stream.stream)

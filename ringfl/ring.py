@@ -32,7 +32,7 @@ from ringfl.coordinator import PeerSession, SessionServer, session_limits
 from ringfl.errors import TopologyError
 from ringfl.metrics import MetricsLog
 from ringfl.model import load_spec
-from ringfl.peer import PeerBase, PeerData, PeerOptions
+from ringfl.peer import PeerBase, PeerData, PeerOptions, close_forcefully
 from ringfl.privacy.ledger import BudgetExhausted
 from ringfl.protocol import (
     Accept,
@@ -100,6 +100,7 @@ class Bootstrap(SessionServer):
         self.started_rounds = False
         self.topology_version = 0
         self.reports: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.first_report: dict[int, float] = {}
         self.history: list[dict[str, Any]] = []
         self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None
         self.out_dir = out_dir
@@ -209,14 +210,21 @@ class Bootstrap(SessionServer):
                                                             info={"rounds": self.config.rounds}))
 
     def _round_complete(self) -> bool:
+        """Every live peer reported the next round — or the first report is two deadlines old
+        (a peer that hangs without disconnecting must not stall the records)."""
         target = self._current_round() + 1
         reports = self.reports.get(target, {})
         alive = [s.peer_id for s in self.alive()]
-        return bool(alive) and all(p in reports for p in alive)
+        if bool(alive) and all(p in reports for p in alive):
+            return True
+        first = self.first_report.get(target)
+        return first is not None and trio.current_time() > first + 2 * self.config.round_timeout
 
     def on_report(self, session: PeerSession, report: PeerReport) -> None:
         metrics = dict(report.metrics)
-        self.reports[int(metrics.get("round", report.round))][session.peer_id] = metrics
+        round_ = int(metrics.get("round", report.round))
+        self.reports[round_][session.peer_id] = metrics
+        self.first_report.setdefault(round_, trio.current_time())
         session.rounds_done = max(session.rounds_done, int(metrics.get("round", 0)))
         self.progress.notify()
 
@@ -314,18 +322,20 @@ class RingPeer(PeerBase):
     # --- the run -----------------------------------------------------------------------------
 
     async def run(self) -> list[dict[str, Any]]:
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(self.network.serve, self.listen, self._serve_neighbour)
-            run = await self.join(address=address)
-            self.node = run.index
-            nursery.start_soon(self._listen_bootstrap, nursery)
-            try:
-                await self._rounds()
-                with trio.move_on_after(self._deadline()):  # keep serving neighbours until the end
-                    await self.end_event.wait()
-            finally:
-                nursery.cancel_scope.cancel()
-        await self._close_all()
+        try:
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(self.network.serve, self.listen, self._serve_neighbour)
+                run = await self.join(address=address)
+                self.node = run.index
+                nursery.start_soon(self._listen_bootstrap, nursery)
+                try:
+                    await self._rounds()
+                    await self.end_event.wait()  # keep serving slower neighbours until the run ends
+                finally:
+                    nursery.cancel_scope.cancel()
+            await self._close_all()
+        finally:
+            await close_forcefully([self.stream, *self.out_streams.values(), *self.in_streams])
         return self.history
 
     async def _listen_bootstrap(self, nursery: trio.Nursery) -> None:

@@ -62,3 +62,39 @@ def test_neighbour_lists_and_expected_origins():
     links = {n.peer_id: n for n in neighbour_list(directed, 0, labels, {label: "a" for label in labels})}
     assert links["7"].weight > 0 and not links["7"].address  # in-neighbour: mixed, not dialled
     assert links["1"].address and links["1"].weight == 0  # out-neighbour: dialled, not mixed
+
+
+async def test_a_peer_that_dies_is_routed_around_and_re_links_when_it_returns():
+    ring = generate("ring", 6)
+    network = MemoryNetwork()
+    config = demo_config(algorithm="gossip-dssgd", rounds=6, round_timeout=3.0,
+                         algorithm_settings={"theta_u": 0.1})
+    bootstrap = Bootstrap(config, network, topology=ring)
+
+    def peer(label):
+        return RingPeer(network, PeerOptions(coordinator=address, name=label, peers=6, index=int(label),
+                                             run_id="test", eval_samples=100))
+
+    async def wait_for(condition):
+        with trio.fail_after(60):
+            while not condition():
+                await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(bootstrap.run)
+        victim_scope = trio.CancelScope()
+
+        async def victim():
+            with victim_scope:
+                await peer("2").run()
+
+        for label in ring.labels:
+            nursery.start_soon(victim if label == "2" else peer(label).run)
+        await wait_for(lambda: len(bootstrap.history) >= 1)
+        victim_scope.cancel()  # a crash: its connections drop
+        await wait_for(lambda: len(bootstrap.history) >= 3)
+        nursery.start_soon(peer("2").run)  # it comes back
+    history = bootstrap.history
+    assert [r["round"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert history[2]["dead"] == ["2"] and history[2]["peers_reporting"] == 5
+    assert history[-1]["dead"] == [] and history[-1]["peers_reporting"] == 6  # re-linked
