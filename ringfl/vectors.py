@@ -51,15 +51,16 @@ class SparseVector:
 
     def to_dense(self) -> np.ndarray:
         out = np.zeros(self.size, dtype=np.float32)
-        out[self.indices] = self.values
+        out[self.indices.astype(np.intp)] = self.values
         return out
 
     def add_to(self, dense: np.ndarray, scale: float = 1.0) -> None:
         """``dense[indices] += scale * values`` in place (indices are unique, so no np.add.at)."""
+        idx = self.indices.astype(np.intp)  # uint32 fancy indexes are converted on every use
         if scale == 1.0:
-            dense[self.indices] += self.values
+            dense[idx] += self.values
         else:
-            dense[self.indices] += np.float32(scale) * self.values
+            dense[idx] += np.float32(scale) * self.values
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SparseVector):

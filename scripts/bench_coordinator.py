@@ -82,53 +82,65 @@ async def federated_rounds(peers: int, rounds: int) -> dict[str, Any]:
             "accuracy": [r["accuracy"] for r in coordinator.history]}
 
 
-async def pool_throughput(clients: int, seconds: float) -> dict[str, Any]:
+def synthetic_updates(n: int, count: int = 8) -> list[SparseVector]:
+    rng = np.random.default_rng(0)
+    return [SparseVector.from_indices(n, rng.choice(n, n // 10, replace=False),
+                                      rng.normal(0, 1e-4, n // 10).astype(np.float32)) for _ in range(count)]
+
+
+async def synthetic_peers(address: str, first: int, clients: int, seconds: float) -> None:
+    """Peers that only upload (as fast as acks come back); run in their own process."""
+    async def one(i: int) -> None:
+        stream = await dial(TcpNetwork(), address, Connection(Role.CLIENT, local_id=f"s{i}", run_id="bench"))
+        await stream.send(JoinRequest())
+        accept = await stream.receive()
+        assert isinstance(accept, Accept)
+        updates = synthetic_updates(accept.num_params)
+        await stream.send(SpecConfirm(spec_hash=accept.spec_hash))
+        await stream.receive()
+        while not isinstance(await stream.receive(), RoundStart):
+            pass
+        k = 0
+        while True:
+            await stream.send(Upload(vector=updates[k % len(updates)], round=k, base_version=0, num_samples=1))
+            while not isinstance(await stream.receive(), Ack):
+                pass
+            k += 1
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for i in range(first, first + clients):
+                nursery.start_soon(one, i)
+
+
+async def pool_throughput(clients: int, seconds: float, processes: int = 2) -> dict[str, Any]:
+    """The coordinator in this process; synthetic peers in ``processes`` other processes."""
     config = RunConfig(run_id="bench", model="mlp", data="fashion-mnist", algorithm="dssgd", order="async",
                        rounds=10**9, peers=clients, min_peers=clients, host="127.0.0.1", port=0, eval_every=10**9,
                        checkpoint_every=10**9, acceptance=AcceptanceConfig(max_staleness=10**9),
                        algorithm_settings={"theta_u": 0.1})
     coordinator = Coordinator(config, TcpNetwork())
-    n = coordinator.num_params
-    rng = np.random.default_rng(0)
-    updates = [SparseVector.from_indices(n, rng.choice(n, n // 10, replace=False),
-                                         rng.normal(0, 1e-4, n // 10).astype(np.float32)) for _ in range(8)]
-    acked = [0]
-    started = trio.Event()
     timing: dict[str, float] = {}
-
-    async def synthetic_peer(address: str, i: int) -> None:
-        stream = await dial(TcpNetwork(), address, Connection(Role.CLIENT, local_id=f"s{i}", run_id="bench"))
-        await stream.send(JoinRequest())
-        accept = await stream.receive()
-        assert isinstance(accept, Accept)
-        await stream.send(SpecConfirm(spec_hash=accept.spec_hash))
-        await stream.receive()
-        while not isinstance(await stream.receive(), RoundStart):
-            pass
-        started.set()
-        k = 0
-        while True:
-            await stream.send(Upload(vector=updates[k % len(updates)], round=k, base_version=0, num_samples=1))
-            while not isinstance(message := await stream.receive(), Ack):
-                pass
-            if message.accepted:
-                acked[0] += 1
-            k += 1
-
+    per = clients // processes
     async with trio.open_nursery() as nursery:
         address = await nursery.start(coordinator.run)
-        for i in range(clients):
-            nursery.start_soon(synthetic_peer, address, i)
-        await started.wait()
+        for p in range(processes):
+            command = [sys.executable, __file__, "--synthetic", address, "--first", str(p * per),
+                       "--clients", str(per), "--seconds", str(seconds + 30)]
+            nursery.start_soon(trio.run_process, command)
+        while coordinator.pool_stats.applied < clients:  # everyone connected and uploading
+            await trio.sleep(0.1)
         await trio.sleep(1.0)  # warm up
-        start_count, start = acked[0], time.perf_counter()
+        start_count, start = coordinator.pool_stats.applied, time.perf_counter()
         await trio.sleep(seconds)
-        timing["count"], timing["elapsed"] = acked[0] - start_count, time.perf_counter() - start
+        timing["count"] = coordinator.pool_stats.applied - start_count
+        timing["elapsed"] = time.perf_counter() - start
         nursery.cancel_scope.cancel()
-    return {"clients": clients, "accepted_per_s": timing["count"] / timing["elapsed"],
+    return {"clients": clients, "client_processes": processes,
+            "accepted_per_s": timing["count"] / timing["elapsed"],
             "pool_peak_depth": coordinator.pool_stats.peak_depth,
             "peak_waiting_senders": coordinator.pool_stats.peak_waiting_senders,
-            "nnz_per_upload": n // 10, "rejected": coordinator.pool_stats.rejected}
+            "nnz_per_upload": coordinator.num_params // 10, "rejected": coordinator.pool_stats.rejected}
 
 
 def main() -> None:
@@ -137,8 +149,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--synthetic", metavar="ADDRESS", help=argparse.SUPPRESS)  # internal: client process
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["rounds", "pool"], help="run one part")
     args = parser.parse_args()
+    if args.synthetic:
+        trio.run(synthetic_peers, args.synthetic, args.first, args.clients, args.seconds)
+        return
     cores = len(os.sched_getaffinity(0))
+    if args.only == "pool":
+        pool = trio.run(pool_throughput, args.clients, args.seconds)
+        print(json.dumps(pool, indent=2))
+        return
     compute = sequential_compute(args.peers)
     rounds = trio.run(federated_rounds, args.peers, args.rounds)
     pool = trio.run(pool_throughput, args.clients, args.seconds)

@@ -67,8 +67,9 @@ class DSSGDCoordinator(CoordinatorAlgorithm):
             self.stat *= self.settings.stat_decay
         if isinstance(vec, SparseVector):
             values = vec.values if gamma is None else np.clip(vec.values, -gamma, gamma)
-            self._params[vec.indices] += values
-            self.stat[vec.indices] += 1.0
+            idx = vec.indices.astype(np.intp)  # fancy indexing with uint32 converts on every use
+            self._params[idx] += values
+            self.stat[idx] += 1.0
         else:
             values = np.asarray(vec, dtype=np.float32)
             self._params += values if gamma is None else np.clip(values, -gamma, gamma)

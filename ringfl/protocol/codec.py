@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -305,7 +306,7 @@ def _bitmap_indices(bitmap: np.ndarray, size: int) -> np.ndarray:
     bits = np.unpackbits(bitmap, bitorder="little")
     if bits[size:].any():
         raise _Invalid("bitmap has bits set beyond the vector size")
-    indices = np.flatnonzero(bits).astype(np.uint32)
+    indices = np.nonzero(bits.view(bool))[0].astype(np.uint32)  # ~7x faster than flatnonzero(uint8)
     indices.flags.writeable = False
     return indices
 
@@ -369,6 +370,18 @@ def encode_frame(message: Message, limits: Limits = DEFAULT_LIMITS) -> tuple[byt
 
     Raises LocalProtocolError if the message is invalid or exceeds ``limits``.
     """
+    parts, payload = encode_parts(message, limits)
+    return b"".join(parts), payload
+
+
+def encode_parts(
+    message: Message, limits: Limits = DEFAULT_LIMITS, *, trailer: int = 0
+) -> tuple[list[bytes | memoryview], int]:
+    """The frame as a list of byte chunks (arrays are not copied) and its payload byte count.
+
+    ``trailer`` bytes that the caller appends after the last chunk (an authentication tag) are
+    counted in the frame's ``length`` field and against ``limits.max_frame``.
+    """
     name = message_name(getattr(message, "CODE", 0))
     try:
         header, arrays = _message_to_wire(message, limits)
@@ -387,14 +400,14 @@ def encode_frame(message: Message, limits: Limits = DEFAULT_LIMITS) -> tuple[byt
         parts.append(_ZEROS[:pad])
         parts.append(memoryview(array).cast("B"))
         offset += pad + array.nbytes
-    length = offset - FRAME_HEADER_SIZE
+    length = offset - FRAME_HEADER_SIZE + trailer
     if length > limits.max_frame:
         raise LocalProtocolError(
             f"{name} frame is {length} bytes, over the limit {limits.max_frame}",
             ErrorCode.TOO_LARGE,
         )
     parts[0] = FRAME_HEADER.pack(message.CODE, length)
-    return b"".join(parts), sum(a.nbytes for a in arrays)
+    return parts, sum(a.nbytes for a in arrays)
 
 
 def encode(message: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
@@ -413,16 +426,28 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     return frame.message
 
 
-def _check_frame_head(code: int, length: int, limits: Limits) -> None:
+def _check_code(code: int) -> None:
     if code not in MESSAGE_TYPES:
         raise RemoteProtocolError(f"unknown message code {code}")
+
+
+def _check_length(length: int) -> None:
+    if length < HEADER_LEN.size:
+        raise RemoteProtocolError(f"frame length {length} is too short for a header")
+
+
+def _check_frame_head(code: int, length: int, limits: Limits, *, whole: bool = True) -> None:
+    """The checks on the 8-byte head; with ``whole=False`` only the size limit (the rest waits
+    until a verifier has seen the frame, see :meth:`FrameDecoder.next_frame`)."""
+    if whole:
+        _check_code(code)
     if length > limits.max_frame:
         raise RemoteProtocolError(
             f"{message_name(code)} frame claims {length} bytes, over the limit {limits.max_frame}",
             ErrorCode.TOO_LARGE,
         )
-    if length < HEADER_LEN.size:
-        raise RemoteProtocolError(f"frame length {length} is too short for a header")
+    if whole:
+        _check_length(length)
 
 
 def _unpack_header(raw: memoryview, limits: Limits) -> dict:
@@ -487,6 +512,8 @@ def _slice_buffers(descs: Any, body: memoryview, start: int) -> deque:
 
 def decode_body(code: int, body: memoryview, limits: Limits) -> Frame:
     """Decode a frame body (everything after code and length); raises RemoteProtocolError."""
+    _check_code(code)
+    _check_length(len(body))
     name = message_name(code)
     (header_len,) = HEADER_LEN.unpack(body[: HEADER_LEN.size])
     start = HEADER_LEN.size + header_len
@@ -542,6 +569,10 @@ class _ByteQueue:
             self._chunks[0] = chunk[n:]
 
 
+Verifier = Callable[[int, int, memoryview], memoryview]
+"""``verify(code, length, body) -> body to decode`` (see :meth:`FrameDecoder.next_frame`)."""
+
+
 class FrameDecoder:
     """Incremental decoder: feed bytes as they arrive, pull frames out.
 
@@ -571,29 +602,39 @@ class FrameDecoder:
         else:  # keep an immutable reference: decoded arrays may be views into it
             self._queue.append(data if isinstance(data, bytes) else bytes(data))
 
-    def next_frame(self) -> Frame | Sentinel:
-        """The next whole frame, ``NEED_DATA`` or ``EOF``; raises RemoteProtocolError."""
+    def next_frame(self, verify: Verifier | None = None) -> Frame | Sentinel:
+        """The next whole frame, ``NEED_DATA`` or ``EOF``; raises RemoteProtocolError.
+
+        ``verify(code, length, body)``, if given, sees each whole frame before anything but its
+        size limit is checked (not even the code) and returns the part of ``body`` to decode, or
+        raises RemoteProtocolError: an authentication layer checks and strips its tag there. The
+        returned frame's byte counts still cover the whole frame.
+        """
         if self._failed is not None:
             raise RemoteProtocolError(f"stream already failed: {self._failed}", self._failed.code)
         try:
-            return self._next_frame()
+            return self._next_frame(verify)
         except RemoteProtocolError as exc:
             self._failed = exc
             raise
 
-    def _next_frame(self) -> Frame | Sentinel:
+    def _next_frame(self, verify: Verifier | None) -> Frame | Sentinel:
         queue = self._queue
         if self._head is None:
             if queue.available < FRAME_HEADER_SIZE:
                 return self._starved("a frame header" if queue.available else None)
             code, length = FRAME_HEADER.unpack(queue.take(FRAME_HEADER_SIZE))
-            _check_frame_head(code, length, self.limits)
+            _check_frame_head(code, length, self.limits, whole=verify is None)
             self._head = (code, length)
         code, length = self._head
         if queue.available < length:
             return self._starved(f"a {message_name(code)} frame ({queue.available}/{length} bytes)")
         self._head = None
-        return decode_body(code, queue.take(length), self.limits)
+        body = queue.take(length)
+        if verify is None:
+            return decode_body(code, body, self.limits)
+        frame = decode_body(code, verify(code, length, body), self.limits)
+        return replace(frame, header_bytes=FRAME_HEADER_SIZE + length - frame.payload_bytes)
 
     def _starved(self, inside: str | None) -> Sentinel:
         if not self._eof:
