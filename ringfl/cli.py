@@ -155,7 +155,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     options = PeerOptions(coordinator=args.coordinator, data=args.data, name=name,
                           peers=args.peers, index=args.index, partition=args.partition,
                           listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
-                          attack=args.attack)
+                          attack=args.attack, connect_wait=args.connect_wait)
     network = _network(_coordinator_config_from_tls(args))
     if args.topology:
         from ringfl.ring import RingPeer
@@ -334,6 +334,8 @@ def _add_peer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", metavar="HOST:PORT", help="ring mode: where neighbours dial in (default: ephemeral)")
     p.add_argument("--eval-samples", type=int, help="evaluate on at most this many test samples")
     p.add_argument("--ledger", metavar="FILE", help="keep this peer's privacy ledger here across restarts")
+    p.add_argument("--connect-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="keep retrying the coordinator this long (default 30)")
     p.add_argument("--attack", help=argparse.SUPPRESS)  # experiments: sign-flip | scale:K | noise:S
     p.add_argument("--tls-ca")
     p.add_argument("--tls-cert")

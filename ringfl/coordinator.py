@@ -85,6 +85,8 @@ class PeerSession:
     address: str
     alive: bool = True
     rounds_done: int = 0
+    ready: bool = False  # the peer loaded its model and data (its "ready" report)
+    scheduled: bool = False  # ring mode: it was given the round schedule
     last_report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -261,6 +263,9 @@ class SessionServer:
     async def on_message(self, session: PeerSession, message: Message) -> None:
         if isinstance(message, PeerReport):
             session.last_report = dict(message.metrics)
+            if message.metrics.get("ready"):
+                session.ready = True
+                self.progress.notify()
             self.on_report(session, message)
         elif isinstance(message, (Heartbeat, Goodbye)):
             pass
@@ -294,11 +299,19 @@ class SessionServer:
             return False
 
     async def wait_for_peers(self) -> None:
-        """Until ``peers`` joined, or ``join_timeout`` passed with at least ``min_peers``."""
+        """Until ``peers`` are ready, or ``join_timeout`` passed with at least ``min_peers`` ready.
+
+        Ready, not just joined: a peer reports ready once its model is built and its data loaded
+        (seconds on a busy machine), so the first round's deadline is not spent on start-up.
+        """
         config = self.config
+
+        def ready() -> int:
+            return sum(1 for s in self.alive() if s.ready)
+
         deadline = trio.current_time() + config.join_timeout
-        await self.progress.wait_until(lambda: len(self.alive()) >= config.peers, deadline)
-        await self.progress.wait_until(lambda: len(self.alive()) >= config.min_peers, math.inf)
+        await self.progress.wait_until(lambda: ready() >= config.peers, deadline)
+        await self.progress.wait_until(lambda: ready() >= config.min_peers, math.inf)
 
     async def end_run(self, reason: str) -> None:
         self.running = False

@@ -51,7 +51,7 @@ from ringfl.protocol import (
     SpecReply,
     Upload,
 )
-from ringfl.transport import MessageStream, Network, dial
+from ringfl.transport import ConnectError, MessageStream, Network, dial
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class PeerOptions:
     eval_samples: int | None = None  # evaluate on at most this many test samples
     ledger_path: str | None = None  # persist the privacy ledger here (survives restarts)
     attack: str | None = None  # experiments only: upload corrupted updates (ringfl.attacks)
+    connect_wait: float = 30.0  # keep retrying the coordinator this long (it may start later)
 
 
 @dataclass
@@ -151,8 +152,7 @@ class PeerBase:
 
     async def join(self, address: str = "", num_samples: int = 0) -> RunInfo:
         """1001 → Accept, 1003 → SpecReply; loads the model and the peer's data."""
-        conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id)
-        self.stream = await dial(self.network, self.options.coordinator, conn, timeout=None)
+        self.stream = await self._dial_coordinator()
         await self.stream.send(JoinRequest(address=address, num_samples=num_samples))
         reply = await self.stream.receive(timeout=60.0)
         if isinstance(reply, Reject):
@@ -177,6 +177,20 @@ class PeerBase:
         if self.data is None:
             self.data = self._load_data(self.run_info)
         return self.run_info
+
+    async def _dial_coordinator(self) -> MessageStream:
+        """Connect, retrying for ``connect_wait`` seconds: peers may start before the coordinator."""
+        deadline = trio.current_time() + self.options.connect_wait
+        delay = 0.1
+        while True:
+            conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id)
+            try:
+                return await dial(self.network, self.options.coordinator, conn, timeout=None)
+            except ConnectError:
+                if trio.current_time() + delay > deadline:
+                    raise
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _load_ledger(self, settings: AlgorithmSettings) -> PrivacyLedger:
         """The ε spent so far — from ``ledger_path`` if a previous run of this peer left one."""
@@ -221,6 +235,11 @@ class PeerBase:
         return load_peer_data(self.options.data or run.data, run.spec, run.partition, run.peers,
                               run.index % max(run.peers, 1), run.seed, self.options.eval_samples)
 
+    async def report_ready(self) -> None:
+        """Model built and data loaded: the coordinator may count this peer for round 1."""
+        assert self.stream is not None and self.data is not None
+        await self.stream.send(PeerReport(metrics={"ready": True, "num_samples": self.data.num_samples}))
+
     async def train(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
         """Local epochs from ``params``; returns the new vector and the mean training loss."""
         assert self.model is not None and self.run_info is not None and self.data is not None
@@ -253,12 +272,14 @@ class Peer(PeerBase):
         self.algorithm = make_peer_algorithm(run.algorithm, run.settings)
         self.rng = np.random.default_rng([run.seed, run.index, 7])
         self.local_work = run.info.get("local_work", "gradient" if run.algorithm == "fedsgd" else "epochs")
+        self.last_round = -1
         try:
+            await self.report_ready()
             while True:
                 message = await self.stream.receive(timeout=None)
                 if isinstance(message, EndOfRun):
                     break
-                if isinstance(message, RoundStart) and message.selected:
+                if isinstance(message, RoundStart) and message.selected and message.round > self.last_round:
                     try:
                         if not await self._play_rounds(message):
                             break
@@ -285,6 +306,7 @@ class Peer(PeerBase):
         await self.stream.send(ParamsRequest(round=round_, fraction=self.algorithm.settings.theta_d))
         params_msg = await self._expect(Params)
         base = params_msg.model_version
+        round_ = self.last_round = max(round_, base)  # a peer that fell behind works on the current round
         start = self.algorithm.apply_download(
             self.local if self.local is not None else np.zeros(self.model.num_params, np.float32),
             params_msg.vector)

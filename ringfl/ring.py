@@ -189,6 +189,7 @@ class Bootstrap(SessionServer):
         self.started_rounds = True
         await self._send_neighbours()
         for session in self.alive():
+            session.scheduled = True
             await self.send_quietly(session, RoundStart(round=0, info={"rounds": self.config.rounds}))
         while self._current_round() < self.config.rounds and self.alive():
             await self.progress.wait_until(lambda: self._relink_needed or self._round_complete(),
@@ -204,8 +205,8 @@ class Bootstrap(SessionServer):
     async def _restart_newcomers(self) -> None:
         """Peers that (re)joined after the start get the schedule from the current round on."""
         for session in self.alive():
-            if not session.last_report and session.rounds_done == 0 and not getattr(session, "scheduled", False):
-                session.scheduled = True  # type: ignore[attr-defined]
+            if not session.scheduled:
+                session.scheduled = True
                 await self.send_quietly(session, RoundStart(round=self._current_round(),
                                                             info={"rounds": self.config.rounds}))
 
@@ -222,6 +223,8 @@ class Bootstrap(SessionServer):
 
     def on_report(self, session: PeerSession, report: PeerReport) -> None:
         metrics = dict(report.metrics)
+        if metrics.get("ready"):
+            return
         round_ = int(metrics.get("round", report.round))
         self.reports[round_][session.peer_id] = metrics
         self.first_report.setdefault(round_, trio.current_time())
@@ -327,6 +330,7 @@ class RingPeer(PeerBase):
                 address = await nursery.start(self.network.serve, self.listen, self._serve_neighbour)
                 run = await self.join(address=address)
                 self.node = run.index
+                await self.report_ready()
                 nursery.start_soon(self._listen_bootstrap, nursery)
                 try:
                     await self._rounds()

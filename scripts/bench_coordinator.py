@@ -32,6 +32,7 @@ from ringfl.protocol import (
     Ack,
     Connection,
     JoinRequest,
+    PeerReport,
     Role,
     RoundStart,
     SpecConfirm,
@@ -98,6 +99,7 @@ async def synthetic_peers(address: str, first: int, clients: int, seconds: float
         updates = synthetic_updates(accept.num_params)
         await stream.send(SpecConfirm(spec_hash=accept.spec_hash))
         await stream.receive()
+        await stream.send(PeerReport(metrics={"ready": True}))
         while not isinstance(await stream.receive(), RoundStart):
             pass
         k = 0

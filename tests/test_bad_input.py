@@ -40,7 +40,7 @@ CASES = [
     (["topology", "show", "{d}/missing.yaml"], "missing.yaml"),
     (["model", "show", "{d}/bad-spec.json"], "unknown type 'warp'"),
     (["train", "--data", "idx:{d}/nothing"], "nothing"),
-    (["peer", "--coordinator", "127.0.0.1:9", "--name", "x"], "cannot connect"),
+    (["peer", "--coordinator", "127.0.0.1:9", "--name", "x", "--connect-wait", "0.5"], "cannot connect"),
     (["peer", "--coordinator", "nonsense", "--name", "x"], "host:port"),
     (["peer", "--coordinator", "127.0.0.1:9", "--topology", "topologies/ring.yaml"], "--id"),
 ]

@@ -18,6 +18,7 @@ from ringfl.protocol import (
     EndOfRun,
     JoinRequest,
     Limits,
+    PeerReport,
     Reject,
     Role,
     RoundStart,
@@ -104,6 +105,7 @@ class RawClient:
         self.num_params = reply.num_params
         await self.stream.send(SpecConfirm(spec_hash=reply.spec_hash))
         assert isinstance(await self.stream.receive(), SpecReply)
+        await self.stream.send(PeerReport(metrics={"ready": True}))
         return reply
 
     async def next_round(self):
