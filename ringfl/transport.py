@@ -89,13 +89,16 @@ def _describe(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def deadline(seconds: float | None, what: str) -> Iterator[None]:
-    """``trio.fail_after`` that raises :class:`DeadlineError` naming what was late."""
+def deadline(seconds: float | None, what: str, *, started: float | None = None) -> Iterator[None]:
+    """``trio.fail_after`` that raises :class:`DeadlineError` naming what was late.
+
+    ``started`` (a ``trio.current_time()``) lets several steps share one budget.
+    """
     if seconds is None:
         yield
         return
     try:
-        with trio.fail_after(seconds):
+        with trio.fail_at((trio.current_time() if started is None else started) + seconds):
             yield
     except trio.TooSlowError as exc:
         raise DeadlineError(f"{what} took longer than {seconds:g} s") from exc
@@ -348,7 +351,8 @@ class MessageStream:
     ``send``/``receive`` apply a deadline (``timeout`` seconds, None for none) per message.
     Sends hold a lock, so concurrent senders never interleave frames. A protocol violation by
     the peer is answered with an ``Error`` message before the stream is closed and the
-    exception re-raised; an ``Error`` from the peer raises :class:`PeerError`.
+    exception re-raised; an ``Error`` from the peer raises :class:`PeerError`. Run-token failures
+    (``ErrorCode.AUTH``, see :class:`~ringfl.protocol.state.Connection`) take the same path.
     """
 
     def __init__(
@@ -393,17 +397,27 @@ class MessageStream:
         return self.timeout if timeout is _DEFAULT else timeout
 
     async def send(self, message: Message, *, timeout: float | None = _DEFAULT) -> None:
-        """Validate, encode and write one message (LocalProtocolError: nothing was sent)."""
-        async with self._send_lock:
-            data = self.conn.send(message)
+        """Validate, encode and write one message (LocalProtocolError: nothing was sent).
+
+        The deadline also covers waiting for another task's send; expiring while waiting sends
+        nothing and leaves the stream usable, expiring while writing closes it.
+        """
+        seconds, started = self._seconds(timeout), trio.current_time()
+        what = f"sending {message_name(message.CODE)}"
+        with deadline(seconds, f"{what} (waiting for another sender)", started=started):
+            await self._send_lock.acquire()
+        try:
+            data = self.conn.send(message)  # under the lock: seq and tag order = wire order
             try:
-                with deadline(self._seconds(timeout), f"sending {message_name(message.CODE)}"):
+                with deadline(seconds, what, started=started):
                     await self.stream.send_all(data)
             except DeadlineError:
                 await trio.aclose_forcefully(self.stream)  # a partial frame: the stream is unusable
                 raise
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise PeerClosedError(f"connection lost while sending: {_describe(exc)}") from exc
+        finally:
+            self._send_lock.release()
 
     async def receive(self, *, timeout: float | None = _DEFAULT) -> Message:
         """The next message; raises PeerClosedError at EOF, PeerError, ProtocolError, DeadlineError."""

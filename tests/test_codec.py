@@ -38,6 +38,7 @@ from ringfl.protocol import (
     default_max_frame,
     encode,
     encode_frame,
+    encode_parts,
 )
 from ringfl.protocol.messages import ENVELOPE, Kind
 from ringfl.vectors import SparseVector
@@ -481,6 +482,61 @@ def test_eof_between_frames_is_clean_and_inside_a_frame_is_an_error() -> None:
         decoder.next_frame()
     with pytest.raises(LocalProtocolError, match="after EOF"):
         decoder.receive_data(b"x")
+
+
+def test_decode_of_nothing_is_a_remote_error() -> None:
+    with pytest.raises(RemoteProtocolError, match="exactly one frame"):
+        decode(b"")
+
+
+def test_unhashable_buffer_dtype_is_a_remote_error() -> None:
+    frame = bytearray(encode(Upload(vector=np.zeros(3, np.float32))))
+    header = frame_header(bytes(frame))
+    header["buffers"] = [[["float32"], 3]]
+    packed = msgpack.packb(header)
+    body = struct.pack(">I", len(packed)) + packed
+    body += bytes(-(8 + len(body)) % 8) + bytes(12)
+    with pytest.raises(RemoteProtocolError, match="buffer entries"):
+        decode(struct.pack(">II", Code.UPLOAD, len(body)) + body)
+
+
+# --- hooks for an authentication layer ----------------------------------------------------------
+
+
+def test_encode_parts_counts_a_trailer_in_length_and_limit() -> None:
+    message = Params(vector=np.ones(10, np.float32))
+    parts, payload = encode_parts(message, LIMITS, trailer=32)
+    frame = b"".join(parts)
+    assert frame == encode(message)[:4] + struct.pack(">I", len(frame) - 8 + 32) + frame[8:]
+    assert payload == 40 and encode_frame(message) == (encode(message), 40)
+    encode_parts(message, Limits(max_frame=len(frame) - 8 + 32), trailer=32)
+    with pytest.raises(LocalProtocolError, match="over the limit") as info:
+        encode_parts(message, Limits(max_frame=len(frame) - 8 + 31), trailer=32)
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+
+def test_verifier_sees_each_whole_frame_before_the_code_is_checked() -> None:
+    seen: list[tuple[int, int, bytes]] = []
+
+    def verify(code: int, length: int, body: memoryview) -> memoryview:
+        seen.append((code, length, bytes(body)))
+        return body[: length - 3]  # a 3-byte "tag"
+
+    good = encode(Heartbeat(seq=1))
+    trailer = bytes(3)
+    framed = good[:4] + struct.pack(">I", len(good) - 8 + 3) + good[8:] + trailer
+    unknown = struct.pack(">II", 999, len(good) - 8 + 3) + good[8:] + trailer
+    decoder = FrameDecoder()
+    decoder.receive_data(framed + unknown + struct.pack(">II", Code.HEARTBEAT, 0))
+    frame = decoder.next_frame(verify)
+    assert frame.message == Heartbeat(seq=1) and frame.header_bytes == len(framed)
+    with pytest.raises(RemoteProtocolError, match="unknown message code 999"):
+        decoder.next_frame(verify)  # the verifier saw it first
+    assert [code for code, _, _ in seen] == [Code.HEARTBEAT, 999]
+    empty = FrameDecoder()
+    empty.receive_data(struct.pack(">II", Code.HEARTBEAT, 0))  # a zero-length body is no crash
+    with pytest.raises(RemoteProtocolError, match="too short"):
+        empty.next_frame(lambda code, length, body: body)
 
 
 # --- zero copy and limits -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ringfl.protocol import (
     Connection,
     ErrorCode,
     Goodbye,
+    Heartbeat,
     JoinRequest,
     Params,
     ParamsRequest,
@@ -248,6 +249,21 @@ async def test_concurrent_senders_never_interleave_frames() -> None:
     )
     assert all(r.metrics["blob"] == blob for r in reports)
     assert [r.seq for r in reports] == list(range(2, 12))
+
+
+async def test_send_deadline_covers_waiting_for_another_sender() -> None:
+    a, b = trio.testing.lockstep_stream_pair()  # send_all blocks until the peer reads
+    client = MessageStream(a, Connection(Role.CLIENT), timeout=None)
+    server = MessageStream(b, Connection(Role.SERVER))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send, JoinRequest())  # stuck holding the lock
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(DeadlineError, match="waiting for another sender"):
+                await client.send(Heartbeat(), timeout=0.2)
+            assert client.conn.next_seq == 2  # nothing was encoded or sent
+            assert isinstance(await server.receive(), JoinRequest)  # the stream still works
+    assert client.sent.messages == 1
 
 
 async def test_protocol_violation_is_reported_to_the_peer() -> None:

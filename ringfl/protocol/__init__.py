@@ -4,6 +4,7 @@ Imports only numpy and msgpack. The byte layout is documented in ``docs/protocol
 :mod:`ringfl.transport` joins a :class:`Connection` to trio streams.
 """
 
+from ringfl.protocol.auth import MIN_TOKEN_SIZE, TAG_SIZE, check_token
 from ringfl.protocol.codec import (
     EOF,
     NEED_DATA,
@@ -15,6 +16,7 @@ from ringfl.protocol.codec import (
     default_max_frame,
     encode,
     encode_frame,
+    encode_parts,
 )
 from ringfl.protocol.errors import (
     ErrorCode,
@@ -63,6 +65,7 @@ from ringfl.protocol.state import (
 __all__ = [
     "EOF",
     "MESSAGE_TYPES",
+    "MIN_TOKEN_SIZE",
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "TRANSITIONS",
@@ -98,13 +101,16 @@ __all__ = [
     "SpecConfirm",
     "SpecReply",
     "State",
+    "TAG_SIZE",
     "Upload",
     "allowed",
     "bitmap_is_smaller",
+    "check_token",
     "decode",
     "default_max_frame",
     "encode",
     "encode_frame",
+    "encode_parts",
     "format_table",
     "mermaid",
     "message_name",

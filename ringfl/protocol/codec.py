@@ -418,7 +418,8 @@ def encode(message: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode exactly one complete frame (a convenience over :class:`FrameDecoder`)."""
     decoder = FrameDecoder(limits)
-    decoder.receive_data(data)
+    if data:  # b"" would already be the EOF
+        decoder.receive_data(data)
     decoder.receive_data(b"")
     frame = decoder.next_frame()
     if not isinstance(frame, Frame) or decoder.next_frame() is not EOF:
@@ -493,7 +494,8 @@ def _slice_buffers(descs: Any, body: memoryview, start: int) -> deque:
     out: deque = deque()
     pos = start
     for desc in descs:
-        if not (isinstance(desc, list) and len(desc) == 2 and desc[0] in DTYPES):
+        if not (isinstance(desc, list) and len(desc) == 2 and isinstance(desc[0], str)
+                and desc[0] in DTYPES):
             raise _Invalid(f"buffer entries must be [dtype, count] with dtype in {sorted(DTYPES)}")
         dtype = DTYPES[desc[0]]
         count = _check_int(desc[1], "buffer count")
@@ -547,6 +549,8 @@ class _ByteQueue:
         self.available += len(data)
 
     def take(self, n: int) -> memoryview:
+        if n == 0:
+            return memoryview(b"")
         first = self._chunks[0]
         if len(first) >= n:
             self._advance(first, n)

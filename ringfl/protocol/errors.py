@@ -21,6 +21,7 @@ class ErrorCode(enum.IntEnum):
     RUN_MISMATCH = 5  # message belongs to another run
     INTERNAL = 6  # the sender hit an unexpected failure
     SPEC_MISMATCH = 7  # model spec could not be agreed
+    AUTH = 8  # run-token handshake or frame tag failed, or a message claimed another sender
 
 
 class ProtocolError(Exception):

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from ringfl.protocol.auth import TAG_SIZE, RunAuth
 from ringfl.protocol.codec import (
     EOF,
     NEED_DATA,
     FrameDecoder,
     Limits,
     Sentinel,
-    encode_frame,
+    encode_parts,
 )
 from ringfl.protocol.errors import (
     ErrorCode,
@@ -237,6 +238,16 @@ class Connection:
     (LocalProtocolError) changes nothing. ``receive_data`` + ``next_event`` decode and check what
     the peer sent; a RemoteProtocolError moves the session to ERROR. With ``limits=None`` the frame
     limit starts at the handshake default and follows the model size once an Accept is seen.
+
+    The first message received fixes the peer's id (``peer_id``, normally from the 1001 or the
+    1005): a later message with another ``sender`` is a RemoteProtocolError (``ErrorCode.AUTH``).
+
+    With a run ``token`` (pre-shared secret bytes, see :mod:`ringfl.protocol.auth`) the join
+    becomes a challenge-response and every later frame carries a tag that is checked before the
+    frame is parsed. Failures raise RemoteProtocolError with ``ErrorCode.AUTH`` and count in
+    ``auth_failures``; after one the session is dead (every later ``next_event`` raises).
+    ``authenticated`` is true once the peer has proven the token. ``token=None`` changes nothing
+    on the wire.
     """
 
     def __init__(
@@ -247,6 +258,7 @@ class Connection:
         run_id: str = "",
         limits: Limits | None = None,
         first_seq: int = 1,
+        token: bytes | None = None,
     ) -> None:
         self.role = role
         self.local_id = local_id
@@ -255,6 +267,10 @@ class Connection:
         self.state = State.CONNECTED
         self.sent = Counters()
         self.received = Counters()
+        self.peer_id: str | None = None
+        self.auth_failures = 0
+        self._auth = None if token is None else RunAuth(token, client=role is Role.CLIENT)
+        self._auth_failure: RemoteProtocolError | None = None
         self._auto_limits = limits is None
         self._decoder = FrameDecoder(limits or Limits())
 
@@ -268,6 +284,11 @@ class Connection:
         self._auto_limits = False
 
     @property
+    def authenticated(self) -> bool:
+        """The peer has proven it knows the run token (always False without a token)."""
+        return self._auth is not None and self._auth.authenticated
+
+    @property
     def bytes_sent(self) -> int:
         return self.sent.total_bytes
 
@@ -276,13 +297,28 @@ class Connection:
         return self.received.total_bytes
 
     def can_send(self, message_type: type[Message]) -> bool:
-        return (self.state, Event(self.role, message_type.CODE)) in TRANSITIONS
+        return (self.state, Event(self.role, message_type.CODE)) in TRANSITIONS and (
+            self._auth_refusal(message_type.CODE) is None
+        )
 
     def send(self, message: Message) -> bytes:
         """Check the transition, stamp the envelope and encode; returns the frame to write."""
         nxt = self._next_state(self.role, message, LocalProtocolError)
+        refusal = self._auth_refusal(message.CODE)
+        if refusal is not None:
+            raise LocalProtocolError(refusal)
         stamped = replace(message, run_id=self.run_id, sender=self.local_id, seq=self.next_seq)
-        data, payload = encode_frame(stamped, self.limits)
+        auth = self._auth
+        if auth is not None:
+            stamped = auth.outgoing(stamped)
+        if auth is not None and auth.send_mac is not None:
+            parts, payload = encode_parts(stamped, self.limits, trailer=TAG_SIZE)
+            data = auth.seal(parts)
+        else:
+            parts, payload = encode_parts(stamped, self.limits)
+            data = b"".join(parts)
+            if auth is not None:
+                auth.sent(stamped, data)
         self.next_seq += 1
         self.state = nxt
         self.sent.add(len(data), payload)
@@ -295,8 +331,13 @@ class Connection:
 
     def next_event(self) -> Message | Sentinel:
         """The next message from the peer, ``NEED_DATA``, or ``EOF`` (state becomes CLOSED)."""
+        if self._auth_failure is not None:
+            raise RemoteProtocolError(
+                f"session failed authentication: {self._auth_failure}", ErrorCode.AUTH
+            )
+        auth = self._auth
         try:
-            frame = self._decoder.next_frame()
+            frame = self._decoder.next_frame(None if auth is None else auth.open)
             if frame is NEED_DATA:
                 return NEED_DATA
             if frame is EOF:
@@ -305,8 +346,14 @@ class Connection:
             message = frame.message
             nxt = self._next_state(self.role.other, message, RemoteProtocolError)
             self._check_run(message)
-        except RemoteProtocolError:
+            self._check_sender(message)
+            if auth is not None:
+                message = auth.received(message)
+        except RemoteProtocolError as exc:
             self.state = State.ERROR
+            if exc.code is ErrorCode.AUTH:
+                self.auth_failures += 1
+                self._auth_failure = exc
             raise
         self.state = nxt
         self.received.add(frame.header_bytes + frame.payload_bytes, frame.payload_bytes)
@@ -329,11 +376,26 @@ class Connection:
             )
         return nxt
 
+    def _auth_refusal(self, code: Code) -> str | None:
+        if self._auth is None:
+            return None
+        return self._auth.refusal(code, joining=self.state is State.JOINING)
+
     def _check_run(self, message: Message) -> None:
         if message.run_id and self.run_id and message.run_id != self.run_id:
             raise RemoteProtocolError(
                 f"message for run {message.run_id!r}, this session is run {self.run_id!r}",
                 ErrorCode.RUN_MISMATCH,
+            )
+
+    def _check_sender(self, message: Message) -> None:
+        if self.peer_id is None:
+            self.peer_id = message.sender
+        elif message.sender != self.peer_id:
+            raise RemoteProtocolError(
+                f"{message_name(message.CODE)} claims sender {message.sender!r}, but this "
+                f"session's {self.role.other.value} is {self.peer_id!r}",
+                ErrorCode.AUTH,
             )
 
     def _observe(self, message: Message) -> None:
