@@ -19,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # trio depends on the backport there
     from exceptiongroup import BaseExceptionGroup
 
+from ringfl.config import load_token
 from ringfl.errors import ConfigError, RingflError
 from ringfl.protocol import ProtocolError
 from ringfl.transport import TransportError
@@ -103,7 +104,7 @@ def _coordinator_config(args: argparse.Namespace) -> Any:
     config = load_config(args.config)
     return config.replace(host=args.host, port=args.port, model=args.model, algorithm=args.algorithm,
                           rounds=args.rounds, min_peers=args.min_peers, peers=args.peers,
-                          data=args.data, topology=args.topology)
+                          data=args.data, topology=args.topology, token_file=args.token_file)
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
@@ -155,7 +156,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     options = PeerOptions(coordinator=args.coordinator, data=args.data, name=name,
                           peers=args.peers, index=args.index, partition=args.partition,
                           listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
-                          attack=args.attack, connect_wait=args.connect_wait)
+                          attack=args.attack, connect_wait=args.connect_wait, token=load_token(args.token_file))
     network = _network(_coordinator_config_from_tls(args))
     if args.topology:
         from ringfl.ring import RingPeer
@@ -317,6 +318,7 @@ def _add_coordinator(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topology", help="ring/topology mode: act as bootstrap for this topology file")
     p.add_argument("--out", help="write metrics.jsonl, summary.json and checkpoints here")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    p.add_argument("--token-file", help="run token file peers must prove they know (default: $RINGFL_TOKEN)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=_cmd_coordinator)
 
@@ -334,6 +336,7 @@ def _add_peer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", metavar="HOST:PORT", help="ring mode: where neighbours dial in (default: ephemeral)")
     p.add_argument("--eval-samples", type=int, help="evaluate on at most this many test samples")
     p.add_argument("--ledger", metavar="FILE", help="keep this peer's privacy ledger here across restarts")
+    p.add_argument("--token-file", help="run token file (default: $RINGFL_TOKEN; none: no authentication)")
     p.add_argument("--connect-wait", type=float, default=30.0, metavar="SECONDS",
                    help="keep retrying the coordinator this long (default 30)")
     p.add_argument("--attack", help=argparse.SUPPRESS)  # experiments: sign-flip | scale:K | noise:S

@@ -86,6 +86,7 @@ class RunConfig:
     host: str = "127.0.0.1"
     port: int = 7001
     topology: str | None = None  # ring/topology mode: a topology file
+    token_file: str | None = None  # run token (pre-shared secret) file; else $RINGFL_TOKEN; else none
     training: TrainingConfig = field(default_factory=TrainingConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
@@ -183,3 +184,27 @@ def load_config(path: str | Path | None) -> RunConfig:
     if path is None:
         return RunConfig()
     return parse_config(read_mapping(path), where=str(path))
+
+
+def load_token(path: str | None) -> bytes | None:
+    """The run token from a file, or ``$RINGFL_TOKEN``; None means no authentication.
+
+    Never from a command-line value: those show up in ``ps``.
+    """
+    import os
+
+    from ringfl.protocol.auth import check_token
+
+    if path:
+        try:
+            raw = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the run token file {path}: {exc.strerror}") from None
+    elif os.environ.get("RINGFL_TOKEN"):
+        raw = os.environ["RINGFL_TOKEN"].strip().encode()
+    else:
+        return None
+    try:
+        return check_token(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"run token: {exc}") from None

@@ -29,7 +29,7 @@ from ringfl.acceptance import AcceptancePolicy, Reason
 from ringfl.algorithms import AlgorithmSettings, make_coordinator_algorithm
 from ringfl.algorithms.base import InvalidUpdate, Update
 from ringfl.checkpoint import load_checkpoint, save_checkpoint
-from ringfl.config import RunConfig
+from ringfl.config import RunConfig, load_token
 from ringfl.data import load_source, prepare
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, load_spec
@@ -156,7 +156,10 @@ class SessionServer:
         self.spec = spec
         self.num_params = num_params
         self.sessions: dict[str, PeerSession] = {}
+        self.joining: set[str] = set()  # names between their join and their spec reply
+        self.token = load_token(config.token_file)
         self.indices: dict[str, int] = {}  # peer name -> stable index (partition, topology node)
+        self.next_index = 0
         self.progress = Progress()
         self.closed_bytes = [0, 0]  # (in, out) of sessions that ended
         self.running = True
@@ -167,7 +170,8 @@ class SessionServer:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         # Non-finite values pass the codec here so the acceptance policy can answer with a reason.
         limits = dataclasses.replace(session_limits(self.num_params, self.config.max_frame), allow_nonfinite=True)
-        conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id, limits=limits)
+        conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id, limits=limits,
+                          token=self.token)
         messages = MessageStream(stream, conn, timeout=None)
         session: PeerSession | None = None
         try:
@@ -193,7 +197,16 @@ class SessionServer:
             await messages.send(Reject(reason=reason[0], detail=reason[1]))
             log.warning("refused join of %s: %s", peer_id, reason[1])
             return None
-        index = self.indices.setdefault(peer_id, len(self.indices))
+        self.joining.add(peer_id)  # a second join with this name now waits its turn: refused
+        try:
+            return await self._handshake(messages, join, peer_id)
+        finally:
+            self.joining.discard(peer_id)
+
+    async def _handshake(self, messages: MessageStream, join: JoinRequest, peer_id: str) -> PeerSession | None:
+        index = self.indices.get(peer_id)
+        if index is None:  # recorded only once the peer has proven itself (spec confirmation)
+            index, self.next_index = self.next_index, self.next_index + 1
         session = PeerSession(peer_id, index, messages, join.num_samples, join.address)
         await messages.send(Accept(num_params=self.num_params, spec_hash=self.spec.hash,
                                    mode=self.mode, info=self.accept_info(session)))
@@ -204,7 +217,8 @@ class SessionServer:
         await messages.send(SpecReply(ok=ok, spec_hash=self.spec.hash,
                                       spec_json="" if ok else self.spec.canonical_json()))
         self.sessions[peer_id] = session
-        log.info("peer %s joined (index %d)", peer_id, index)
+        self.indices[peer_id] = session.index
+        log.info("peer %s joined (index %d)", peer_id, session.index)
         self.on_join(session)
         self.progress.notify()
         return session
@@ -222,7 +236,7 @@ class SessionServer:
         if not self.running:
             return RejectReason.RUN_ENDED, "the run has ended"
         old = self.sessions.get(peer_id)
-        if old is not None and old.alive:
+        if (old is not None and old.alive) or peer_id in self.joining:
             return RejectReason.DUPLICATE_PEER, f"a peer named {peer_id!r} is already connected"
         return None
 
@@ -296,6 +310,7 @@ class SessionServer:
         except CONNECTION_ERRORS as exc:
             log.info("peer %s unreachable: %s", session.peer_id, exc)
             self._drop(session)
+            await trio.aclose_forcefully(session.stream.stream)  # a peer that stopped reading is cut off
             return False
 
     async def wait_for_peers(self) -> None:
@@ -425,6 +440,7 @@ class Coordinator(SessionServer):
         self.algorithm.load_state(arrays)
         self.round, self.version = int(meta["round"]), int(meta["version"])
         self.indices = {k: int(v) for k, v in meta["indices"].items()}
+        self.next_index = max(self.indices.values(), default=-1) + 1
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
         self.pool_stats.applied = int(meta.get("applied", 0))
         self.policy.seen = {(str(peer), int(r)) for peer, r in meta.get("seen", [])}

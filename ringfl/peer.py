@@ -45,13 +45,14 @@ from ringfl.protocol import (
     PeerReport,
     Reject,
     RejectReason,
+    RemoteProtocolError,
     Role,
     RoundStart,
     SpecConfirm,
     SpecReply,
     Upload,
 )
-from ringfl.transport import ConnectError, MessageStream, Network, dial
+from ringfl.transport import ConnectError, MessageStream, Network, PeerError, dial
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class PeerOptions:
     ledger_path: str | None = None  # persist the privacy ledger here (survives restarts)
     attack: str | None = None  # experiments only: upload corrupted updates (ringfl.attacks)
     connect_wait: float = 30.0  # keep retrying the coordinator this long (it may start later)
+    token: bytes | None = None  # run token (ringfl.config.load_token); also guards neighbour links
 
 
 @dataclass
@@ -154,7 +156,10 @@ class PeerBase:
         """1001 → Accept, 1003 → SpecReply; loads the model and the peer's data."""
         self.stream = await self._dial_coordinator()
         await self.stream.send(JoinRequest(address=address, num_samples=num_samples))
-        reply = await self.stream.receive(timeout=60.0)
+        try:
+            reply = await self.stream.receive(timeout=60.0)
+        except (RemoteProtocolError, PeerError) as exc:  # e.g. a wrong or missing run token
+            raise JoinRefused(f"join failed: {exc}") from None
         if isinstance(reply, Reject):
             raise JoinRefused(f"coordinator refused to let {self.name!r} join: "
                               f"{RejectReason(reply.reason).name.lower()} ({reply.detail})")
@@ -183,7 +188,8 @@ class PeerBase:
         deadline = trio.current_time() + self.options.connect_wait
         delay = 0.1
         while True:
-            conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id)
+            conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id,
+                              token=self.options.token)
             try:
                 return await dial(self.network, self.options.coordinator, conn, timeout=None)
             except ConnectError:

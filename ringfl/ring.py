@@ -118,9 +118,8 @@ class Bootstrap(SessionServer):
 
     def accept_info(self, session: PeerSession) -> dict[str, Any]:
         info = super().accept_info(session)
-        node = self.labels.index(session.peer_id)
-        self.indices[session.peer_id] = node
-        session.index = node
+        session.index = self.labels.index(session.peer_id)  # the topology decides the index
+        node = session.index
         info.update(index=node, node=node, peers=self.topology.n, topology=self.topology.name,
                     round_timeout=self.config.round_timeout)
         return info
@@ -456,7 +455,7 @@ class RingPeer(PeerBase):
             return stream
         run = self.run_info
         assert run is not None
-        conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id)
+        conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id, token=self.options.token)
         stream = await dial(self.network, address, conn, timeout=self._deadline(), connect_timeout=5.0)
         await stream.send(JoinRequest(address=self.listen))
         accept = await stream.receive()
@@ -519,7 +518,7 @@ class RingPeer(PeerBase):
         while self.run_info is None:
             await trio.sleep(0.01)
         run = self.run_info
-        conn = Connection(Role.SERVER, local_id=self.name, run_id=self.options.run_id,
+        conn = Connection(Role.SERVER, local_id=self.name, run_id=self.options.run_id, token=self.options.token,
                           limits=session_limits(run.num_params, None))
         stream = MessageStream(raw, conn, timeout=None)
         self.in_streams.append(stream)

@@ -58,3 +58,32 @@ async def test_certificate_must_match_the_claimed_peer_id(pki):
         with pytest.raises(JoinRefused, match="certificate is for 'bob'"):
             await Peer(_network(pki["bob"]), PeerOptions(coordinator=address, name="alice", run_id="test")).run()
         nursery.cancel_scope.cancel()
+
+
+async def test_run_token_admits_members_and_refuses_others(tmp_path, monkeypatch):
+    from ringfl.config import load_token
+    from ringfl.transport import MemoryNetwork
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-run-token-0123456789abcdef\n")
+    token = load_token(str(token_file))
+    config = demo_config(peers=2, min_peers=2, rounds=2, token_file=str(token_file))
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+    refused = []
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        for wrong in (None, b"another-token-of-enough-length!!"):
+            with pytest.raises(JoinRefused) as info:
+                await Peer(network, PeerOptions(coordinator=address, name="eve", run_id="test", token=wrong)).run()
+            refused.append(str(info.value))
+        for name in ("alice", "bob"):
+            nursery.start_soon(Peer(network, PeerOptions(coordinator=address, name=name, run_id="test",
+                                                         token=token)).run)
+    assert len(refused) == 2 and "eve" not in coordinator.indices
+    assert coordinator.history[-1]["accuracy"] > coordinator.history[0]["accuracy"]
+    monkeypatch.setenv("RINGFL_TOKEN", "short")
+    from ringfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least"):
+        load_token(None)
