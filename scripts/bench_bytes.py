@@ -7,7 +7,7 @@ next to the analytic minimum — raw float32 payload only, the smaller sparse en
 entry, or an n/8-byte bitmap + 4 B per entry), no framing:
 
   FedAvg  per peer: download 4n + upload 4n
-  DSSGD   per peer: download 4n (θd = 1) + upload min(8c, n/8 + 4c), c = ceil(θu·n)
+  DSSGD   per peer: download 4n (θd = 1) + upload min(8c, n/8 + 4c), c = ceil(θu·n) (4n if c = n)
   ring    per peer: out-degree × min(8c, n/8 + 4c)   (a ring of 10: 2 out-neighbours)
 """
 
@@ -31,8 +31,9 @@ PEERS = 10
 
 
 def sparse_bytes(n: int, theta: float) -> int:
+    """The smaller encoding of c = ceil(θ·n) entries; all n entries go dense (4n)."""
     c = math.ceil(theta * n)
-    return min(8 * c, math.ceil(n / 8) + 4 * c)
+    return 4 * n if c >= n else min(8 * c, math.ceil(n / 8) + 4 * c)
 
 
 def minimum(mode: str, algorithm: str, n: int, theta: float) -> int:
