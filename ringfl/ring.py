@@ -566,7 +566,9 @@ def _is_tcp(network: Network) -> bool:
 
 def _to_upload(message: GossipMessage, origin: str, round_: int, step: int) -> Upload:
     """A gossip message as a 1004 upload; ``info`` names its origin by topology label."""
-    return Upload(round=round_, vector=message.vector, kind="gossip",
+    vector = message.vector
+    full = vector.nnz == vector.size  # θu = 1: raw floats beat a bitmap of all ones
+    return Upload(round=round_, vector=vector.values if full else vector, kind="gossip",
                   info={"origin": origin, "step": step, "hop": message.hop, "weight": message.weight})
 
 
