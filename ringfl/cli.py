@@ -153,22 +153,42 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     if args.topology and args.id is None:
         raise ConfigError("ring mode needs --id: this peer's node id in the topology")
     name = args.id if args.topology else (args.name or _default_name())
-    options = PeerOptions(coordinator=args.coordinator, data=args.data, name=name,
+    options = PeerOptions(coordinator=args.coordinator or "", data=args.data, name=name,
                           peers=args.peers, index=args.index, partition=args.partition,
                           listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
                           attack=args.attack, connect_wait=args.connect_wait, token=load_token(args.token_file))
     network = _network(_coordinator_config_from_tls(args))
     if args.topology:
-        from ringfl.ring import RingPeer
-
-        peer: Any = RingPeer(network, options, topology_file=args.topology, node=args.id)
+        peer: Any = _ring_peer(args, options, network)
+    elif not args.coordinator:
+        raise ConfigError("a peer needs --coordinator HOST:PORT (or --topology FILE --id I for ring mode)")
     else:
         peer = Peer(network, options)
+    if args.out:
+        from ringfl.metrics import MetricsLog
+
+        peer.metrics = MetricsLog(Path(args.out))
     printer = PeerPrinter(options.name, quiet=args.quiet)
     peer.on_round.append(printer.show)
     trio.run(peer.run)
     printer.finish()
     return 0
+
+
+def _ring_peer(args: argparse.Namespace, options: Any, network: Any) -> Any:
+    """A ring peer: through a bootstrap (flag or the topology's ``bootstrap``), or without one."""
+    import dataclasses
+
+    from ringfl.config import load_config
+    from ringfl.ring import RingPeer
+    from ringfl.topology import load_topology
+
+    topology = load_topology(args.topology)
+    coordinator = args.coordinator or topology.bootstrap
+    if coordinator:
+        return RingPeer(network, dataclasses.replace(options, coordinator=coordinator))
+    config = load_config(args.config).replace(topology=args.topology)
+    return RingPeer(network, options, without_bootstrap=(topology, config))
 
 
 def _coordinator_config_from_tls(args: argparse.Namespace) -> Any:
@@ -325,7 +345,11 @@ def _add_coordinator(sub: argparse._SubParsersAction) -> None:
 
 def _add_peer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("peer", help="take part in a run")
-    p.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="coordinator / bootstrap address (ring mode: default the topology's bootstrap; "
+                        "none: peers find each other by the topology's addresses and use --config)")
+    p.add_argument("--config", help="ring mode without a bootstrap: the run config")
+    p.add_argument("--out", help="write this peer's per-round metrics.jsonl here")
     p.add_argument("--data", help="local data source (default: the coordinator's)")
     p.add_argument("--peers", type=int, help="partition the source into N parts ...")
     p.add_argument("--index", type=int, help="... and use part I (default: assigned at join)")

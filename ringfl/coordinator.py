@@ -254,19 +254,8 @@ class SessionServer:
 
     def accept_info(self, session: PeerSession) -> dict[str, Any]:
         """What a joining peer needs besides the spec: hyperparameters, its index, the run shape."""
-        config = self.config
-        return {
-            "algorithm": config.algorithm,
-            "settings": AlgorithmSettings.from_mapping(config.algorithm_settings).to_dict(),
-            "training": _plain(config.training),
-            "partition": _plain(config.partition),
-            "rounds": config.rounds,
-            "peers": config.peers,
-            "index": session.index,
-            "seed": config.seed,
-            "data": config.data,
-            "order": self.order if hasattr(self, "order") else config.order,
-        }
+        return {**run_description(self.config, session.index),
+                "order": self.order if hasattr(self, "order") else self.config.order}
 
     def on_join(self, session: PeerSession) -> None:
         """Called after a peer joined (before its first message)."""
@@ -350,6 +339,22 @@ def session_limits(num_params: int, max_frame: int | None) -> Limits:
     """Frame limits that follow the model size, unless the config fixes the frame size."""
     limits = Limits().for_model(num_params)
     return dataclasses.replace(limits, max_frame=max_frame) if max_frame else limits
+
+
+def run_description(config: RunConfig, index: int) -> dict[str, Any]:
+    """The run as a peer learns it at join (Accept.info) — or, with no bootstrap, from its config."""
+    return {
+        "algorithm": config.algorithm,
+        "settings": AlgorithmSettings.from_mapping(config.algorithm_settings).to_dict(),
+        "training": _plain(config.training),
+        "partition": _plain(config.partition),
+        "rounds": config.rounds,
+        "peers": config.peers,
+        "index": index,
+        "seed": config.seed,
+        "data": config.data,
+        "round_timeout": config.round_timeout,
+    }
 
 
 def _finite_or_none(value: float) -> float | None:

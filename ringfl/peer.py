@@ -30,6 +30,7 @@ from ringfl.checkpoint import atomic_write_bytes
 from ringfl.config import PartitionConfig, TrainingConfig, build
 from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
 from ringfl.errors import ConfigError, RingflError
+from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, spec_from_json
 from ringfl.model.runtime import Model, shared_model
 from ringfl.privacy.ledger import BudgetExhausted, PrivacyLedger
@@ -151,6 +152,7 @@ class PeerBase:
         self.ledger = PrivacyLedger()
         self.on_round: list[Callable[[dict[str, Any]], None]] = []
         self.history: list[dict[str, Any]] = []
+        self.metrics: MetricsLog | None = None  # per-round metrics on disk (``ringfl peer --out``)
 
     async def join(self, address: str = "", num_samples: int = 0) -> RunInfo:
         """1001 → Accept, 1003 → SpecReply; loads the model and the peer's data."""
@@ -174,7 +176,7 @@ class PeerBase:
             raise JoinRefused("the coordinator confirmed a spec this peer does not have")
         if spec.hash != reply.spec_hash:
             raise JoinRefused("the spec received does not match the hash the coordinator announced")
-        self.run_info = self._run_info(spec, reply)
+        self.run_info = self.describe_run(spec, reply.num_params, dict(reply.info))
         self.ledger = self._load_ledger(self.run_info.settings)
         self.model = shared_model(spec)
         if self.model.num_params != reply.num_params:
@@ -220,14 +222,14 @@ class PeerBase:
         """A Byzantine peer's upload (experiments only); honest peers send ``vector`` unchanged."""
         return corrupt(vector, self.options.attack, rng) if self.options.attack else vector
 
-    def _run_info(self, spec: ModelSpec, accept: Accept) -> RunInfo:
-        info = dict(accept.info)
+    def describe_run(self, spec: ModelSpec, num_params: int, info: dict[str, Any]) -> RunInfo:
+        """The run from the coordinator's description; the peer's own flags take precedence."""
         options = self.options
         partition = build(PartitionConfig, info.get("partition", {}), "coordinator's partition")
         if options.partition:
             partition = PartitionConfig(**{**partition.__dict__, "kind": options.partition})
         return RunInfo(
-            spec=spec, num_params=accept.num_params, algorithm=str(info.get("algorithm", "fedavg")),
+            spec=spec, num_params=num_params, algorithm=str(info.get("algorithm", "fedavg")),
             settings=AlgorithmSettings.from_mapping(info.get("settings", {})),
             training=build(TrainingConfig, info.get("training", {}), "coordinator's training"),
             partition=partition,
@@ -263,6 +265,8 @@ class PeerBase:
 
     def record(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
+        if self.metrics is not None:
+            self.metrics.write(metrics)
         for callback in self.on_round:
             callback(metrics)
 

@@ -28,10 +28,11 @@ import trio
 from ringfl.algorithms import make_gossip_algorithm
 from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage
 from ringfl.config import RunConfig
-from ringfl.coordinator import PeerSession, SessionServer, session_limits
+from ringfl.coordinator import PeerSession, SessionServer, run_description, session_limits
 from ringfl.errors import TopologyError
 from ringfl.metrics import MetricsLog
 from ringfl.model import load_spec
+from ringfl.model.runtime import shared_model
 from ringfl.peer import PeerBase, PeerData, PeerOptions, close_forcefully
 from ringfl.privacy.ledger import BudgetExhausted
 from ringfl.protocol import (
@@ -53,7 +54,7 @@ from ringfl.protocol import (
     Upload,
 )
 from ringfl.topology import Topology, load_topology, relink_without
-from ringfl.transport import CONNECTION_ERRORS, MessageStream, Network, dial
+from ringfl.transport import CONNECTION_ERRORS, ConnectError, MessageStream, Network, dial
 from ringfl.vectors import SparseVector
 
 log = logging.getLogger(__name__)
@@ -292,11 +293,18 @@ class Links:
 class RingPeer(PeerBase):
     """A peer of ring / topology mode."""
 
-    def __init__(self, network: Network, options: PeerOptions, *, topology_file: str | None = None,
-                 node: str | None = None, data: PeerData | None = None, listen: str | None = None) -> None:
+    def __init__(self, network: Network, options: PeerOptions, *, node: str | None = None,
+                 data: PeerData | None = None, listen: str | None = None,
+                 without_bootstrap: tuple[Topology, RunConfig] | None = None) -> None:
+        """``without_bootstrap=(topology, config)``: no coordinator; the topology file must give
+        every node's ``host:port`` and this peer listens on its own."""
         if node is not None and not options.name:
             options = PeerOptions(**{**options.__dict__, "name": str(node)})
         super().__init__(network, options, data=data)
+        self.without_bootstrap = without_bootstrap
+        if without_bootstrap is not None and listen is None:
+            topology = without_bootstrap[0]
+            listen = _addresses(topology)[topology.index_of(self.name)]
         self.listen = listen if listen is not None else (options.listen or ("127.0.0.1:0" if _is_tcp(network) else ""))
         self.links = Links()
         self.links_changed = trio.Event()
@@ -327,19 +335,47 @@ class RingPeer(PeerBase):
         try:
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(self.network.serve, self.listen, self._serve_neighbour)
-                run = await self.join(address=address)
-                self.node = run.index
-                await self.report_ready()
-                nursery.start_soon(self._listen_bootstrap, nursery)
+                if self.without_bootstrap is not None:
+                    self._start_without_bootstrap()
+                else:
+                    run = await self.join(address=address)
+                    self.node = run.index
+                    await self.report_ready()
+                    nursery.start_soon(self._listen_bootstrap, nursery)
                 try:
                     await self._rounds()
-                    await self.end_event.wait()  # keep serving slower neighbours until the run ends
+                    if self.without_bootstrap is None:
+                        await self.end_event.wait()  # keep serving slower neighbours until the end
+                    else:  # nobody announces the end: serve slower neighbours for one deadline
+                        with trio.move_on_after(self._deadline()):
+                            await self.end_event.wait()
                 finally:
                     nursery.cancel_scope.cancel()
             await self._close_all()
         finally:
             await close_forcefully([self.stream, *self.out_streams.values(), *self.in_streams])
         return self.history
+
+    def _start_without_bootstrap(self) -> None:
+        """Addresses and neighbours from the topology file, the run from a run config."""
+        assert self.without_bootstrap is not None
+        topology, config = self.without_bootstrap
+        spec = load_spec(config.model)
+        self.node = topology.index_of(self.name)
+        self.model = shared_model(spec)
+        info = run_description(config.replace(peers=topology.n), self.node)
+        self.run_info = self.describe_run(spec, self.model.num_params, info)
+        self.ledger = self._load_ledger(self.run_info.settings)
+        if self.data is None:
+            self.data = self._load_data(self.run_info)
+        labels = list(topology.labels)
+        hops = self.run_info.settings.hops if self.run_info.algorithm == "relay" else 1
+        self._apply_neighbours(Neighbours(
+            neighbours=tuple(neighbour_list(topology, self.node, labels, dict(zip(labels, _addresses(topology))))),
+            info={"nodes": {label: i for i, label in enumerate(labels)},
+                  "expected_origins": [labels[j] for j in origins_within(topology, self.node, hops)]}))
+        self.total_rounds = config.rounds
+        self.schedule.set()
 
     async def _listen_bootstrap(self, nursery: trio.Nursery) -> None:
         assert self.stream is not None
@@ -455,8 +491,7 @@ class RingPeer(PeerBase):
             return stream
         run = self.run_info
         assert run is not None
-        conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id, token=self.options.token)
-        stream = await dial(self.network, address, conn, timeout=self._deadline(), connect_timeout=5.0)
+        stream = await self._dial_neighbour(address)
         await stream.send(JoinRequest(address=self.listen))
         accept = await stream.receive()
         if not isinstance(accept, Accept):
@@ -467,6 +502,20 @@ class RingPeer(PeerBase):
             raise ConnectionError(f"neighbour {node} runs another model")
         self.out_streams[node] = stream
         return stream
+
+    async def _dial_neighbour(self, address: str) -> MessageStream:
+        """Dial, retrying until the round deadline: without a bootstrap, neighbours start when they
+        start."""
+        deadline = trio.current_time() + self._deadline()
+        while True:
+            conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id,
+                              token=self.options.token)
+            try:
+                return await dial(self.network, address, conn, timeout=self._deadline(), connect_timeout=5.0)
+            except ConnectError:
+                if self.without_bootstrap is None or trio.current_time() + 0.2 > deadline:
+                    raise
+                await trio.sleep(0.2)
 
     async def _drop_out(self, node: int) -> None:
         stream = self.out_streams.pop(node, None)
@@ -499,7 +548,6 @@ class RingPeer(PeerBase):
                 await self.inbox_changed.wait()
 
     async def _report(self, round_: int, params: np.ndarray, loss: float, started: float, sent_before: int) -> None:
-        assert self.stream is not None
         loss_test, accuracy = await self.evaluate(params)
         sent, received = self.neighbour_bytes()
         metrics = {"round": round_, "accuracy": accuracy, "loss": loss_test, "train_loss": loss,
@@ -507,6 +555,8 @@ class RingPeer(PeerBase):
                    "bytes_sent_round": sent - sent_before, "rounds": self.total_rounds,
                    "seconds": round(time.perf_counter() - started, 3)}
         self.record(metrics)
+        if self.stream is None:  # no bootstrap: the metrics stay local (record() callbacks, --out)
+            return
         try:
             await self.stream.send(PeerReport(round=round_, metrics=metrics))
         except CONNECTION_ERRORS as exc:
@@ -556,6 +606,15 @@ class RingPeer(PeerBase):
         if self.stream is not None:
             with trio.move_on_after(2.0):
                 await self.stream.aclose("done")
+
+
+def _addresses(topology: Topology) -> list[str]:
+    """Every node's address, in node order; without a bootstrap each node needs one."""
+    missing = [label for i, label in enumerate(topology.labels) if i not in topology.addresses]
+    if missing:
+        raise TopologyError(f"topology {topology.name!r}: without a bootstrap every node needs an address; "
+                            f"missing for {', '.join(missing[:5])}")
+    return [topology.addresses[i] for i in range(topology.n)]
 
 
 def _is_tcp(network: Network) -> bool:

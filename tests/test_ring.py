@@ -98,3 +98,21 @@ async def test_a_peer_that_dies_is_routed_around_and_re_links_when_it_returns():
     assert [r["round"] for r in history] == [1, 2, 3, 4, 5, 6]
     assert history[2]["dead"] == ["2"] and history[2]["peers_reporting"] == 5
     assert history[-1]["dead"] == [] and history[-1]["peers_reporting"] == 6  # re-linked
+
+
+async def test_ring_without_a_bootstrap_uses_the_topology_addresses_and_a_run_config():
+    from ringfl.topology import load_topology
+
+    topology = load_topology("topologies/ring-standalone.yaml")
+    config = demo_config(algorithm="gossip-dssgd", rounds=3, round_timeout=10.0, algorithm_settings={"theta_u": 0.1})
+    network = MemoryNetwork()  # the topology's host:port strings serve as in-memory addresses
+    peers = [RingPeer(network, PeerOptions(coordinator="", name=label, run_id="test", eval_samples=200),
+                      without_bootstrap=(topology, config)) for label in topology.labels]
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            nursery.start_soon(peer.run)
+    for peer in peers:
+        assert [m["round"] for m in peer.history] == [1, 2, 3]
+        assert peer.history[-1]["bytes_received"] > 0  # it heard from its neighbours
+    accuracy = [sum(p.history[r]["accuracy"] for p in peers) / 4 for r in range(3)]
+    assert accuracy[-1] > accuracy[0]
