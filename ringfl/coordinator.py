@@ -354,6 +354,7 @@ def run_description(config: RunConfig, index: int) -> dict[str, Any]:
         "seed": config.seed,
         "data": config.data,
         "round_timeout": config.round_timeout,
+        "order": config.order,
     }
 
 

@@ -29,7 +29,7 @@ from ringfl.algorithms import make_gossip_algorithm
 from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage
 from ringfl.config import RunConfig
 from ringfl.coordinator import PeerSession, SessionServer, run_description, session_limits
-from ringfl.errors import TopologyError
+from ringfl.errors import ConfigError, TopologyError
 from ringfl.metrics import MetricsLog
 from ringfl.model import load_spec
 from ringfl.model.runtime import shared_model
@@ -316,6 +316,7 @@ class RingPeer(PeerBase):
         self.out_streams: dict[int, MessageStream] = {}
         self.in_streams: list[MessageStream] = []
         self.schedule = trio.Event()
+        self.asynchronous = False  # order: async — mix what has arrived, never wait for neighbours
         self.end_event = trio.Event()
         self.start_round = 0
         self.ended = False
@@ -424,6 +425,9 @@ class RingPeer(PeerBase):
         if self.ended:
             return
         rng = np.random.default_rng([run.seed, run.index, 11])
+        self.asynchronous = run.info.get("order") == "async"
+        if self.asynchronous and run.algorithm == "choco":
+            raise ConfigError("choco needs synchronous exchanges; use order: sync (or auto) in ring mode")
         params = self.model.init_params(run.seed)
         algorithm: GossipAlgorithm | None = None
         for round_ in range(self.start_round, self.total_rounds or run.rounds):
@@ -531,6 +535,9 @@ class RingPeer(PeerBase):
 
     async def _gather(self, algorithm: GossipAlgorithm, round_: int, step: int) -> None:
         """Feed what arrived for (round, step) until every expected origin is in, or the deadline."""
+        if self.asynchronous:
+            await self._take_whatever_arrived(algorithm, round_)
+            return
         deadline = trio.current_time() + self._deadline()
         fed: set[int] = set()
         while True:
@@ -546,6 +553,17 @@ class RingPeer(PeerBase):
                 return
             with trio.move_on_at(deadline):
                 await self.inbox_changed.wait()
+
+    async def _take_whatever_arrived(self, algorithm: GossipAlgorithm, round_: int) -> None:
+        """Asynchronous mode: mix the newest update from each neighbour, whatever its round, and
+        never wait — a slow neighbour's last update counts until it sends a new one."""
+        keys = sorted(self.inbox, reverse=True)  # newest first: it wins over older copies
+        for key in keys:
+            for sender, message in self.inbox.pop(key):
+                forward = algorithm.incoming(sender, dataclasses.replace(message, round=round_))
+                if forward:
+                    await self._send_all(forward, round_, 0)
+        await trio.lowlevel.checkpoint()
 
     async def _report(self, round_: int, params: np.ndarray, loss: float, started: float, sent_before: int) -> None:
         loss_test, accuracy = await self.evaluate(params)

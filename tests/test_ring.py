@@ -116,3 +116,27 @@ async def test_ring_without_a_bootstrap_uses_the_topology_addresses_and_a_run_co
         assert peer.history[-1]["bytes_received"] > 0  # it heard from its neighbours
     accuracy = [sum(p.history[r]["accuracy"] for p in peers) / 4 for r in range(3)]
     assert accuracy[-1] > accuracy[0]
+
+
+async def test_asynchronous_ring_never_waits_for_a_silent_neighbour():
+    """order: async — peers mix whatever arrived; a neighbour that never sends costs no waiting
+    (synchronous rounds would wait out the 30 s deadline every round)."""
+
+    class SilentPeer(RingPeer):
+        async def _send_all(self, messages, round_, step):
+            await trio.lowlevel.checkpoint()
+
+    ring = generate("ring", 6)
+    network = MemoryNetwork()
+    config = demo_config(algorithm="gossip-dssgd", rounds=3, order="async", round_timeout=30.0,
+                         algorithm_settings={"theta_u": 0.1})
+    bootstrap = Bootstrap(config, network, topology=ring)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(bootstrap.run)
+        for i, label in enumerate(ring.labels):
+            cls = SilentPeer if label == "0" else RingPeer
+            nursery.start_soon(cls(network, PeerOptions(coordinator=address, name=label, peers=6, index=i,
+                                                        run_id="test", eval_samples=200)).run)
+    assert [r["round"] for r in bootstrap.history] == [1, 2, 3]
+    assert bootstrap.history[-1]["seconds"] < 20
+    assert bootstrap.history[-1]["accuracy"] > bootstrap.history[0]["accuracy"]
