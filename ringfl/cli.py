@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,22 +127,11 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     async def announce(address: str) -> None:
         print(f"coordinator listening on {address}; waiting for {server.config.peers} peer(s)", flush=True)
 
-    summary = trio.run(_serve_until_done, server, announce)
+    from ringfl.launch import serve_until_done
+
+    summary = trio.run(serve_until_done, server, announce)
     printer.finish(summary, out)
     return 0
-
-
-async def _serve_until_done(server: Any, after_start: Callable[[str], Awaitable[None]]) -> dict[str, Any]:
-    """Run ``server`` (coordinator or bootstrap); ``after_start(address)`` runs beside it."""
-    result: dict[str, Any] = {}
-
-    async def serve(task_status: Any) -> None:
-        result.update(await server.run(task_status=task_status))
-
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(serve)
-        await after_start(address)
-    return result
 
 
 def _cmd_peer(args: argparse.Namespace) -> int:
@@ -208,7 +197,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """A coordinator in this process and N peer processes on loopback, printing accuracy per round."""
     from ringfl.config import RunConfig
     from ringfl.coordinator import Coordinator
-    from ringfl.launch import peer_command, run_peer_processes
+    from ringfl.launch import peer_command, run_peer_processes, serve_until_done
     from ringfl.progress import RoundPrinter
     from ringfl.transport import TcpNetwork
 
@@ -226,7 +215,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     for i in range(args.peers)]
         await run_peer_processes(commands)
 
-    summary = trio.run(_serve_until_done, coordinator, start_peers)
+    summary = trio.run(serve_until_done, coordinator, start_peers)
     printer.finish(summary, out)
     return 0
 

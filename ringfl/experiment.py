@@ -46,7 +46,7 @@ from ringfl.config import RunConfig, parse_config, read_mapping
 from ringfl.coordinator import Coordinator, PeerSession
 from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
 from ringfl.errors import ConfigError, RingflError, TopologyError
-from ringfl.launch import peer_command, run_peer_processes
+from ringfl.launch import peer_command, run_peer_processes, serve_until_done
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import shared_model
 from ringfl.peer import Peer, PeerData, PeerOptions, load_peer_data
@@ -792,20 +792,6 @@ def _processes(commands: Callable[[str], list[list[str]]]) -> Clients:
         await run_peer_processes(commands(address), capture=True)
 
     return start
-
-
-async def serve_until_done(server: Coordinator | Bootstrap, clients: Clients) -> dict[str, Any]:
-    """Run ``server`` (coordinator or bootstrap) until its rounds are done, ``clients(address)``
-    beside it; returns the server's summary."""
-    summary: dict[str, Any] = {}
-
-    async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        summary.update(await server.run(task_status=task_status))
-
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(serve)
-        await clients(address)
-    return summary
 
 
 async def _within_deadline(run: Run, work: Awaitable[Any]) -> None:

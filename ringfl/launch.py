@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -39,3 +40,17 @@ async def run_peer_processes(commands: Sequence[Sequence[str]], *, check: bool =
         raise RuntimeError(f"{len(failed)} peer process(es) failed; first: exit {failed[0].returncode}"
                            + (f": {err[-1]}" if err else ""))
     return done
+
+
+async def serve_until_done(server: Any, clients: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
+    """Run ``server`` (a coordinator or bootstrap) until its rounds are done, with
+    ``clients(address)`` beside it once it listens; returns the server's summary."""
+    summary: dict[str, Any] = {}
+
+    async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        summary.update(await server.run(task_status=task_status))
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve)
+        await clients(address)
+    return summary

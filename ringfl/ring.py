@@ -107,6 +107,7 @@ class Bootstrap(SessionServer):
         self.out_dir = out_dir
         self.started = time.perf_counter()
         self.hops = int(config.algorithm_settings.get("hops", 2)) if config.algorithm == "relay" else 1
+        self.started_links = False
 
     # --- joins -----------------------------------------------------------------------------
 
@@ -161,11 +162,22 @@ class Bootstrap(SessionServer):
             message = Neighbours(neighbours=tuple(neighbour_list(live, pos, labels, addresses)),
                                  topology_version=self.topology_version,
                                  round=self._current_round(),
-                                 info={"expected_origins": expected, "nodes": node_index})
+                                 info={"expected_origins": expected, "nodes": node_index,
+                                       "from_round": self._switch_round(),
+                                       "dead": sorted(self.labels[i] for i in self.dead)})
             await self.send_quietly(session, message)
 
     def _current_round(self) -> int:
         return len([r for r in self.history if r["round"] > 0])
+
+    def _switch_round(self) -> int:
+        """The round from which new links hold: after every live peer's current round, so both
+        ends of a new link switch together (peers of a ring drift apart by up to its diameter).
+        Dead peers are dropped at once by everyone (``dead``)."""
+        if not self.started_links:
+            return 0
+        reported = max((r for r, reports in self.reports.items() if reports), default=0)
+        return reported + 2
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -188,6 +200,7 @@ class Bootstrap(SessionServer):
         self.dead = {self.labels.index(label) for label in missing}
         self.started_rounds = True
         await self._send_neighbours()
+        self.started_links = True
         for session in self.alive():
             session.scheduled = True
             await self.send_quietly(session, RoundStart(round=0, info={"rounds": self.config.rounds}))
@@ -309,6 +322,8 @@ class RingPeer(PeerBase):
         self.links = Links()
         self.links_changed = trio.Event()
         self.node_ids: dict[str, int] = {}  # topology label -> node index (from the bootstrap)
+        self.pending_links: tuple[int, Links] | None = None  # (from round, links) not yet in force
+        self.round_in_progress = 0
         self.label_of: dict[int, str] = {}
         self.total_rounds = 0
         self.inbox: dict[tuple[int, int], list[tuple[int, GossipMessage]]] = defaultdict(list)
@@ -399,19 +414,37 @@ class RingPeer(PeerBase):
         self._wake()
 
     def _apply_neighbours(self, message: Neighbours) -> None:
-        """Adopt the bootstrap's latest links; the next round rebuilds the gossip strategy."""
+        """Dead peers leave the current links at once; new links wait for their ``from_round``
+        (both ends of a new link switch at the same round, so nobody waits for a message that
+        was sent along the old links)."""
         nodes = message.info.get("nodes", {})
         self.node_ids.update({str(label): int(i) for label, i in nodes.items()})
         self.label_of = {i: label for label, i in self.node_ids.items()}
         node = self.node_ids.__getitem__
-        self.links = Links(
+        links = Links(
             version=message.topology_version,
             weights={node(n.peer_id): n.weight for n in message.neighbours if n.weight > 0},
             dial={node(n.peer_id): n.address for n in message.neighbours if n.address},
             expected={node(p) for p in message.info.get("expected_origins", [])},
             changed=True,
         )
+        dead = {node(label) for label in message.info.get("dead", []) if label in self.node_ids}
+        self.links.expected -= dead
+        self.links.dial = {j: a for j, a in self.links.dial.items() if j not in dead}
+        from_round = int(message.info.get("from_round", 0))
+        if self.links.version < 0 and from_round > self.start_round + 1:
+            self.links = Links(version=0, changed=True)  # a newcomer runs alone until the switch
+        if self.links.version < 0 or from_round <= self.round_in_progress:
+            self.links = links
+        else:
+            self.pending_links = (from_round, links)
         self._wake()
+
+    def _switch_links(self, round_: int) -> None:
+        """Adopt pending links at the start of their round."""
+        if self.pending_links is not None and round_ >= self.pending_links[0]:
+            self.links = self.pending_links[1]
+            self.pending_links = None
 
     def _wake(self) -> None:
         self.inbox_changed.set()
@@ -434,6 +467,8 @@ class RingPeer(PeerBase):
             if self.ended:
                 break
             started = time.perf_counter()
+            self.round_in_progress = round_ + 1
+            self._switch_links(round_ + 1)
             if algorithm is None or self.links.changed:
                 algorithm = self._new_algorithm(algorithm, params)
             before = params
@@ -546,8 +581,8 @@ class RingPeer(PeerBase):
                 forward = algorithm.incoming(sender, message)
                 if forward:
                     await self._send_all(forward, round_, step)
-            waiting = self.links.expected - fed
-            if not waiting or self.ended or trio.current_time() >= deadline or self.links.changed:
+            waiting = self.links.expected - fed  # shrinks at once when a neighbour dies
+            if not waiting or self.ended or trio.current_time() >= deadline:
                 if waiting and not self.ended:
                     log.info("peer %s round %d: no update from %s", self.name, round_, sorted(waiting))
                 return

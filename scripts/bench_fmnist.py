@@ -27,7 +27,7 @@ import yaml
 
 from ringfl.config import PartitionConfig, RunConfig, TrainingConfig
 from ringfl.coordinator import Coordinator
-from ringfl.launch import run_peer_processes
+from ringfl.launch import run_peer_processes, serve_until_done
 from ringfl.ring import Bootstrap
 from ringfl.transport import TcpNetwork
 
@@ -98,14 +98,11 @@ async def run_setting(setting: dict[str, Any]) -> dict[str, Any]:
         network = TcpNetwork()
         server: Any = Bootstrap(config, network) if config.topology else Coordinator(config, network)
         started = time.perf_counter()
-        summary: dict[str, Any] = {}
 
-        async def serve(task_status: Any) -> None:
-            summary.update(await server.run(task_status=task_status))
-
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(serve)
+        async def peers(address: str) -> None:
             await run_peer_processes([_peer(config, address, i) for i in range(config.peers)])
+
+        await serve_until_done(server, peers)
     history = server.history
     rounds = [r for r in history if r["round"] > 0]
     result = {**setting, "accuracy_per_round": [round(r["accuracy"], 4) for r in rounds],
