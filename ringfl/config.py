@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -54,6 +55,17 @@ class AcceptanceConfig:
 
 
 @dataclass(frozen=True)
+class ByzantineConfig:
+    """Experiments only: the first ceil(fraction · peers) peers corrupt their uploads."""
+
+    fraction: float = 0.0
+    attack: str = "sign-flip"  # sign-flip | scale:K | noise:SIGMA (ringfl.attacks)
+
+    def attackers(self, peers: int) -> int:
+        return math.ceil(self.fraction * peers - 1e-9)
+
+
+@dataclass(frozen=True)
 class TLSConfig:
     ca: str | None = None
     cert: str | None = None
@@ -91,6 +103,7 @@ class RunConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
     algorithm_settings: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -159,12 +172,16 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (0 <= config.port <= 65535, "port must be in 0..65535"),
         (config.round_timeout > 0, "round_timeout must be > 0"),
         (config.order in ORDERS, f"order must be one of {', '.join(ORDERS)}"),
+        (0.0 <= config.byzantine.fraction < 1.0, "byzantine.fraction must be in [0, 1)"),
         (not config.tls.allow or config.tls.require_client_cert,
          "tls.allow needs tls.require_client_cert: true (only client certificates carry a name)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{where}: {message}")
+    from ringfl.attacks import parse_attack
+
+    parse_attack(config.byzantine.attack)
 
 
 def read_mapping(path: str | Path, what: str = "config") -> Any:

@@ -319,8 +319,13 @@ class SessionServer:
 
     async def end_run(self, reason: str) -> None:
         self.running = False
-        for session in self.alive():
-            await self.send_quietly(session, EndOfRun(reason=reason))
+        await self.broadcast(self.alive(), EndOfRun(reason=reason))
+
+    async def broadcast(self, sessions: list[PeerSession], message: Message) -> None:
+        """Send to all at once: a peer that stopped reading costs one send timeout, not one each."""
+        async with trio.open_nursery() as nursery:
+            for session in sessions:
+                nursery.start_soon(self.send_quietly, session, message)
 
 
 def tls_identity(stream: trio.abc.Stream) -> str | None:
@@ -618,9 +623,8 @@ class Coordinator(SessionServer):
         for group in self._groups(self.alive()):
             self.selected = {s.peer_id for s in group}
             self.answered = set()
-            for session in group:
-                await self.send_quietly(session, RoundStart(round=self.round, deadline=self.config.round_timeout,
-                                                            selected=True))
+            start = RoundStart(round=self.round, deadline=self.config.round_timeout, selected=True)
+            await self.broadcast(group, start)
             await self._wait_for_answers(group)
             answered += sorted(self.answered)
         self.selected = set()

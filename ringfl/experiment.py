@@ -662,11 +662,12 @@ async def _coordinator(run: Run, transport: str, tracker: Tracker, started: floa
     server.on_round.append(lambda r: tracker.advance(1 if r["round"] > 0 else 0, r["accuracy"]))
     names = [f"peer{i}" for i in range(config.peers)]
     if transport == "tcp":
-        clients = _processes(lambda address: [_peer_args(address, name, config.peers, i)
+        clients = _processes(lambda address: [_peer_args(address, name, config.peers, i, *_attack_args(config, i))
                                               for i, name in enumerate(names)])
     else:
         data = _peer_data(config, None)
-        peers = [Peer(network, PeerOptions(coordinator="", name=name, peers=config.peers, index=i), data=data[i])
+        peers = [Peer(network, PeerOptions(coordinator="", name=name, peers=config.peers, index=i,
+                                           attack=_attack(config, i)), data=data[i])
                  for i, name in enumerate(names)]
         clients = _in_process(peers)
     await _within_deadline(run, serve_until_done(server, clients))
@@ -700,11 +701,13 @@ async def _ring(run: Run, out: Path, transport: str, eval_samples: int | None, t
     if transport == "tcp":
         topology_file = _topology_file(run, out)
         extra = ["--topology", str(topology_file)] + (["--eval-samples", str(eval_samples)] if eval_samples else [])
-        clients = _processes(lambda address: [_peer_args(address, label, config.peers, i, "--id", label, *extra)
+        clients = _processes(lambda address: [_peer_args(address, label, config.peers, i, "--id", label, *extra,
+                                                         *_attack_args(config, i))
                                               for i, label in enumerate(labels)])
     else:
         data = _peer_data(config, eval_samples)
-        peers = [RingPeer(network, PeerOptions(coordinator="", name=label, peers=config.peers, index=i), data=data[i])
+        peers = [RingPeer(network, PeerOptions(coordinator="", name=label, peers=config.peers, index=i,
+                                               attack=_attack(config, i)), data=data[i])
                  for i, label in enumerate(labels)]
         clients = _in_process(peers)
     await _within_deadline(run, serve_until_done(server, clients))
@@ -744,6 +747,16 @@ def _topology_file(run: Run, out: Path) -> Path:
 
 
 # --- shared by both modes -------------------------------------------------------------------
+
+
+def _attack(config: RunConfig, index: int) -> str | None:
+    """Byzantine experiments: the first ceil(fraction · peers) peers corrupt their uploads."""
+    return config.byzantine.attack if index < config.byzantine.attackers(config.peers) else None
+
+
+def _attack_args(config: RunConfig, index: int) -> list[str]:
+    attack = _attack(config, index)
+    return ["--attack", attack] if attack else []
 
 
 def _serving(config: RunConfig, transport: str) -> RunConfig:

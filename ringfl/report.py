@@ -93,8 +93,10 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """Compact name for tables, e.g. ``ring16 gossip-dssgd θu=0.1 θd=1 γ=0.01 iid``."""
-        return _label(self.params, LABEL_FIELDS)
+        """Compact name for tables, e.g. ``ring16 gossip-dssgd θu=0.1 θd=1 γ=0.01 iid``; grid axes
+        beyond the standard columns (``robust=median``...) are appended so labels stay distinct."""
+        extra = sorted(set(self.params) - set(PARAM_COLUMNS) - _HEAD_PARAMS)
+        return _label(self.params, (*LABEL_FIELDS, *extra))
 
     @property
     def mode(self) -> str:

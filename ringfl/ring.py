@@ -203,7 +203,7 @@ class Bootstrap(SessionServer):
         self.started_links = True
         for session in self.alive():
             session.scheduled = True
-            await self.send_quietly(session, RoundStart(round=0, info={"rounds": self.config.rounds}))
+        await self.broadcast(self.alive(), RoundStart(round=0, info={"rounds": self.config.rounds}))
         while self._current_round() < self.config.rounds and self.alive():
             await self.progress.wait_until(lambda: self._relink_needed or self._round_complete(),
                                            trio.current_time() + 1.0)
