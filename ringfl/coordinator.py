@@ -605,8 +605,13 @@ class Coordinator(SessionServer):
                 await self.send_quietly(session, RoundStart(round=self.round, selected=True, info={
                     "async": True, "epochs": self.config.rounds - self.round}))
         start = self.async_answers
-        await self.progress.wait_until(lambda: self.async_answers - start >= len(self.alive()) or not self.alive(),
-                                       trio.current_time() + self.config.round_timeout)
+        everything = self.config.rounds * len(self.async_started)  # every peer did all its epochs
+
+        def done() -> bool:
+            return (self.async_answers - start >= len(self.alive()) or self.async_answers >= everything
+                    or not self.alive())
+
+        await self.progress.wait_until(done, trio.current_time() + self.config.round_timeout)
         return sorted(self.async_started)
 
     def _groups(self, peers: list[PeerSession]) -> list[list[PeerSession]]:

@@ -59,6 +59,9 @@ from ringfl.vectors import SparseVector
 
 log = logging.getLogger(__name__)
 
+STANDALONE_GRACE = 1.0
+"""Seconds a ring peer without a bootstrap keeps serving after its last round."""
+
 
 def neighbour_list(topology: Topology, node: int, labels: list[str], addresses: dict[str, str]) -> list[Neighbour]:
     """Node's links: in-neighbours carry their mixing weight, out-neighbours an address to dial."""
@@ -362,9 +365,8 @@ class RingPeer(PeerBase):
                     await self._rounds()
                     if self.without_bootstrap is None:
                         await self.end_event.wait()  # keep serving slower neighbours until the end
-                    else:  # nobody announces the end: serve slower neighbours for one deadline
-                        with trio.move_on_after(self._deadline()):
-                            await self.end_event.wait()
+                    else:  # nobody announces the end; in-neighbours already delivered our last
+                        await trio.sleep(STANDALONE_GRACE)  # round: a moment for relayed copies
                 finally:
                     nursery.cancel_scope.cancel()
             await self._close_all()
