@@ -449,6 +449,8 @@ async def attack_once(kind: str, target: Target, rng: random.Random, garbage: Ga
     try:
         stream = await trio.open_tcp_stream(target.host, target.port)
     except OSError as exc:
+        with trio.move_on_after(1.0):  # the listener closes as the run ends, just before `done`
+            await target.done.wait()
         if not target.done.is_set():
             stats.violations.append(f"cannot connect while the run is on: {exc}")
         return
