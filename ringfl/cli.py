@@ -145,7 +145,8 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     options = PeerOptions(coordinator=args.coordinator or "", data=args.data, name=name,
                           peers=args.peers, index=args.index, partition=args.partition,
                           listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
-                          attack=args.attack, connect_wait=args.connect_wait, token=load_token(args.token_file))
+                          attack=args.attack, connect_wait=args.connect_wait, token=load_token(args.token_file),
+                          own_process=True)
     network = _network(_coordinator_config_from_tls(args))
     if args.topology:
         peer: Any = _ring_peer(args, options, network)

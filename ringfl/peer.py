@@ -28,7 +28,7 @@ from ringfl.algorithms import AlgorithmSettings, make_peer_algorithm
 from ringfl.attacks import corrupt
 from ringfl.checkpoint import atomic_write_bytes
 from ringfl.config import PartitionConfig, TrainingConfig, build
-from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
+from ringfl.data import DataSplits, clear_cache, kind_params, load_source, peer_indices, prepare
 from ringfl.errors import ConfigError, RingflError
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, spec_from_json
@@ -81,6 +81,7 @@ class PeerOptions:
     attack: str | None = None  # experiments only: upload corrupted updates (ringfl.attacks)
     connect_wait: float = 30.0  # keep retrying the coordinator this long (it may start later)
     token: bytes | None = None  # run token (ringfl.config.load_token); also guards neighbour links
+    own_process: bool = False  # the only peer of its process: drop the full dataset once partitioned
 
 
 @dataclass
@@ -240,8 +241,11 @@ class PeerBase:
         )
 
     def _load_data(self, run: RunInfo) -> PeerData:
-        return load_peer_data(self.options.data or run.data, run.spec, run.partition, run.peers,
+        data = load_peer_data(self.options.data or run.data, run.spec, run.partition, run.peers,
                               run.index % max(run.peers, 1), run.seed, self.options.eval_samples)
+        if self.options.own_process:  # keep only this peer's rows: 64 peer processes fit in RAM
+            clear_cache()
+        return data
 
     async def report_ready(self) -> None:
         """Model built and data loaded: the coordinator may count this peer for round 1."""

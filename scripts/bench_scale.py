@@ -72,6 +72,7 @@ async def processes(peers: int, eval_samples: int) -> dict[str, Any]:
                 command = [sys.executable, "-m", "ringfl", "peer", "--coordinator", address, "--topology",
                            str(path), "--id", str(i), "--quiet", "--eval-samples", str(eval_samples)]
                 nursery.start_soon(_run, command)
+                await trio.sleep(0.15)  # stagger start-up (import + data load) peaks
     return {"mode": "processes", "peers": peers, "rounds": len(bootstrap.history),
             "total_s": round(time.perf_counter() - started, 1),
             "accuracy": [round(r["accuracy"], 4) for r in bootstrap.history]}
