@@ -339,8 +339,26 @@ class RingPeer(PeerBase):
         self.start_round = 0
         self.ended = False
         self.bytes_closed = [0, 0]
+        self.closed_link_bytes: dict[str, list[int]] = {}  # neighbour label -> [sent, received]
+        self.in_labels: dict[int, str] = {}  # id(incoming stream) -> the neighbour's label
 
     # --- bytes --------------------------------------------------------------------------------
+
+    def bytes_by_neighbour(self) -> dict[str, list[int]]:
+        """Cumulative [sent, received] bytes per neighbour label, both link directions."""
+        table = {label: list(counts) for label, counts in self.closed_link_bytes.items()}
+        live = [(self.label_of.get(node, str(node)), s) for node, s in self.out_streams.items()]
+        live += [(self.in_labels.get(id(s), "?"), s) for s in self.in_streams]
+        for label, stream in live:
+            counts = table.setdefault(label, [0, 0])
+            counts[0] += stream.bytes_sent
+            counts[1] += stream.bytes_received
+        return table
+
+    def _closed_link(self, label: str, stream: MessageStream) -> None:
+        counts = self.closed_link_bytes.setdefault(label, [0, 0])
+        counts[0] += stream.bytes_sent
+        counts[1] += stream.bytes_received
 
     def neighbour_bytes(self) -> tuple[int, int]:
         streams = [*self.out_streams.values(), *self.in_streams]
@@ -563,6 +581,7 @@ class RingPeer(PeerBase):
         if stream is not None:
             self.bytes_closed[0] += stream.bytes_sent
             self.bytes_closed[1] += stream.bytes_received
+            self._closed_link(self.label_of.get(node, str(node)), stream)
             with trio.move_on_after(1.0):
                 await stream.aclose()
 
@@ -608,6 +627,7 @@ class RingPeer(PeerBase):
         metrics = {"round": round_, "accuracy": accuracy, "loss": loss_test, "train_loss": loss,
                    "epsilon": self.ledger.total, "bytes_sent": sent, "bytes_received": received,
                    "bytes_sent_round": sent - sent_before, "rounds": self.total_rounds,
+                   "bytes_by_neighbour": self.bytes_by_neighbour(),
                    "seconds": round(time.perf_counter() - started, 3)}
         self.record(metrics)
         if self.stream is None:  # no bootstrap: the metrics stay local (record() callbacks, --out)
@@ -630,6 +650,7 @@ class RingPeer(PeerBase):
         try:
             join = await stream.receive(timeout=30.0)
             assert isinstance(join, JoinRequest)
+            self.in_labels[id(stream)] = join.sender
             sender = self.node_ids.get(join.sender, -1)
             await stream.send(Accept(num_params=run.num_params, spec_hash=run.spec.hash, mode="ring"))
             confirm = await stream.receive(timeout=30.0)
@@ -644,6 +665,7 @@ class RingPeer(PeerBase):
             self.in_streams.remove(stream)
             self.bytes_closed[0] += stream.bytes_sent
             self.bytes_closed[1] += stream.bytes_received
+            self._closed_link(self.in_labels.pop(id(stream), "?"), stream)
             await stream.aclose()
 
     def _take(self, sender: int, upload: Upload) -> Message:

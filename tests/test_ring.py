@@ -41,6 +41,8 @@ async def test_32_peer_ring_learns(algorithm):
     assert history[-1]["accuracy"] > 0.3
     assert history[-1]["bytes"] > history[0]["bytes"] > 0
     assert all(len(p.history) == 3 for p in peers)
+    links = peers[5].history[-1]["bytes_by_neighbour"]  # ring: both directions with 4 and 6
+    assert set(links) == {"4", "6"} and all(sent > 0 and received > 0 for sent, received in links.values())
 
 
 async def test_relay_waits_for_two_hop_origins_and_costs_more_bytes():
