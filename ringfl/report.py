@@ -321,8 +321,9 @@ def _topology_name(value: Any) -> str | None:
 
 def _head(params: Mapping[str, Any]) -> str:
     mode = str(params.get("mode") or "?")
-    if mode in REFERENCE_MODES:
-        return mode
+    if mode in REFERENCE_MODES:  # standalone depends on the peer count (shard size): name it
+        peers = params.get("peers") if mode == "standalone" else None
+        return mode if peers is None else f"{mode}{peers}"
     where = _topology_name(params.get("topology")) or ("coord" if mode == "coordinator" else mode)
     peers = params.get("peers")
     if peers is not None:

@@ -220,7 +220,7 @@ def test_labels_are_compact_and_legends_show_only_what_varies(results):
         results[1].setting.label == "torus4x4-16 gossip-dssgd θu=0.5 θd=1 γ=0.01 ε=0.25 dir(α=0.5)"
     )
     assert results[2].setting.label == "coord4 dssgd θu=0.1"
-    assert results[3].setting.label == "standalone iid"
+    assert results[3].setting.label == "standalone4 iid"
     assert results[4].setting.label == "centralized"
     assert legend_labels(results[:2]) == [
         "ring4 gossip-dssgd θu=0.1 iid",
