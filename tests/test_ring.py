@@ -142,3 +142,23 @@ async def test_asynchronous_ring_never_waits_for_a_silent_neighbour():
     assert [r["round"] for r in bootstrap.history] == [1, 2, 3]
     assert bootstrap.history[-1]["seconds"] < 20
     assert bootstrap.history[-1]["accuracy"] > bootstrap.history[0]["accuracy"]
+
+
+async def test_norm_clipping_protects_ring_mixing_from_a_scaled_attacker():
+    """One peer of a ring sends its update x 100; clip_norm bounds what its neighbours mix in."""
+    async def run(settings):
+        ring = generate("ring", 6)
+        network = MemoryNetwork()
+        config = demo_config(algorithm="gossip-dssgd", rounds=3, algorithm_settings=settings)
+        bootstrap = Bootstrap(config, network, topology=ring)
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(bootstrap.run)
+            for i, label in enumerate(ring.labels):
+                nursery.start_soon(RingPeer(network, PeerOptions(
+                    coordinator=address, name=label, peers=6, index=i, run_id="test", eval_samples=300,
+                    attack="scale:100" if label == "0" else None)).run)
+        return bootstrap.history[-1]
+
+    plain = await run({"theta_u": 0.1})
+    clipped = await run({"theta_u": 0.1, "clip_norm": 0.5})
+    assert clipped["accuracy"] > plain["accuracy"] + 0.1, (plain["accuracy"], clipped["accuracy"])

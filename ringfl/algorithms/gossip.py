@@ -224,12 +224,21 @@ class SelectiveGossip(GossipAlgorithm):
         out = self._after.copy()
         own_mass = 0.0
         for vector, weight in received.values():
-            vector.add_to(out, weight / norm)
+            vector.add_to(out, weight / norm * self._clip_factor(vector))
             own_mass += weight / norm
         if self.settings.gossip_mix == "difference" and own_mass:
             self._own.add_to(out, -own_mass)
         self._close_round()
         return out
+
+    def _clip_factor(self, vector: SparseVector) -> float:
+        """Robust mixing: a neighbour's update counts with L2 norm at most ``clip_norm`` (a
+        poisoned, scaled-up update is cut down to an honest size before it is mixed in)."""
+        limit = self.settings.clip_norm
+        if limit is None:
+            return 1.0
+        size = float(np.linalg.norm(vector.values))
+        return 1.0 if size <= limit else limit / size
 
     def _close_round(self) -> None:
         self._closed = self.round
