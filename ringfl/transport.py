@@ -130,30 +130,28 @@ def _load(what: str, load: Callable[..., Any], *paths: str | Path | None) -> Non
 
 
 def server_ssl_context(config: TlsConfig) -> ssl.SSLContext:
-    """An SSL context for the accepting side. With mutual TLS only ``config.ca`` vouches for
-    clients (no system roots: any public certificate must not get a peer in)."""
+    """An SSL context for the accepting side (built by :mod:`ringfl.certs`: TLS 1.2+, and with
+    mutual TLS only ``config.ca`` vouches for clients — no system roots)."""
+    from ringfl.certs import CertPaths, server_context
+
     if not config.cert:
         raise ConfigError("a TLS server needs a certificate (cert) and key")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load("certificate", context.load_cert_chain, config.cert, config.key)
-    if config.require_client_cert:
-        if not config.ca:
-            raise ConfigError("mutual TLS needs a CA (ca) to verify client certificates")
-        _load("CA", context.load_verify_locations, config.ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    if config.require_client_cert and not config.ca:
+        raise ConfigError("mutual TLS needs a CA (ca) to verify client certificates")
+    key = config.key or config.cert  # a PEM may hold both
+    paths = CertPaths(Path(config.ca or config.cert), Path(config.cert), Path(key))
+    return server_context(paths, config.require_client_cert)
 
 
 def client_ssl_context(config: TlsConfig) -> ssl.SSLContext:
     """An SSL context for the dialling side: trusts only ``config.ca`` if given (system roots
     otherwise) and presents ``config.cert`` for mutual TLS."""
     if config.ca:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname check + CERT_REQUIRED
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _load("CA", context.load_verify_locations, config.ca)
-    else:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        from ringfl.certs import client_context
+
+        key = config.key or config.cert  # a PEM may hold both
+        return client_context(config.ca, config.cert, key if config.cert else None)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if config.cert:
         _load("certificate", context.load_cert_chain, config.cert, config.key)
     return context
