@@ -30,6 +30,7 @@ class Reason(enum.IntEnum):
     ROUND_CLOSED = 8
     BUDGET_SPENT = 9
     UNKNOWN_PEER = 10
+    REFUSED_BY_ALGORITHM = 11  # e.g. denser than θu allows; the detail says what
 
     @property
     def text(self) -> str:

@@ -552,7 +552,7 @@ class Coordinator(SessionServer):
         try:
             self.algorithm.submit(Update(item.peer, item.round, item.vector, item.num_samples))
         except InvalidUpdate as exc:
-            return Reason.WRONG_LENGTH if "size" in str(exc) or "shape" in str(exc) else Reason.NON_FINITE, str(exc)
+            return Reason.REFUSED_BY_ALGORITHM, str(exc)
         if epsilon:
             ledger.spend(epsilon, label=item.round)
         self.policy.record(item.peer, item.round)
