@@ -117,12 +117,17 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=14)
     parser.add_argument("--kill-fraction", type=float, default=0.3)
+    parser.add_argument("--data", choices=["fashion-mnist", "digits"], default="fashion-mnist",
+                        help="digits: the short mode the tests use (no dataset package needed)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ringfl-chaos-"))
     port = free_port()
     epsilon = 1e5  # large enough that the model still learns (NumericSparse noise ∝ c·γ/ε)
-    fmnist = Path(FASHION_MNIST_DIR).is_dir()  # rounds of about a second: time to kill and rejoin
-    data = {"data": "fashion-mnist", "model": "mlp", "training": {"lr": 0.05, "batch_size": 64}} if fmnist else {}
+    # Rounds must last about a second, or the run is over before a killed peer can rejoin:
+    # Fashion-MNIST shards when installed (or --data digits), else many local epochs on digits.
+    fmnist = Path(FASHION_MNIST_DIR).is_dir() and args.data != "digits"
+    data = ({"data": "fashion-mnist", "model": "mlp", "training": {"lr": 0.05, "batch_size": 64}} if fmnist
+            else {"data": "digits", "model": "digits-mlp", "training": {"lr": 0.05, "epochs": 40}})
     config = {**data, "run_id": "chaos", "algorithm": "dssgd", "order": "sync", "rounds": args.rounds,
               "peers": args.peers,
               "min_peers": max(1, args.peers // 2), "round_timeout": 4.0, "join_timeout": 30.0, "port": port,

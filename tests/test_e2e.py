@@ -69,3 +69,17 @@ def test_demo_command_runs(capsys):
     assert main(["demo", "--peers", "2", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
     assert "round   2" in out and "final accuracy" in out
+
+
+def test_chaos_short_mode_kills_peers_and_the_coordinator():
+    """scripts/chaos_coordinator.py in its short mode: kill -9 of a third of the peers and of the
+    coordinator; rounds go on at quorum, killed peers rejoin, --resume loses nothing acknowledged."""
+    import json
+
+    done = subprocess.run([sys.executable, "scripts/chaos_coordinator.py", "--data", "digits", "--peers", "6",
+                           "--rounds", "10"], capture_output=True, text=True, timeout=400)
+    report = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("{"):])[0]
+    assert done.returncode == 0 and report["ok"], done.stdout[-2000:] + done.stderr[-2000:]
+    assert report["peers_killed"] == 2 and min(report["participants_per_round"]) == 4
+    assert report["applied_after_resume"] >= report["acknowledged_accepted"]
+    assert all(report["checks"].values()) and report["final_round"] == 10
