@@ -94,6 +94,7 @@ class RunConfig:
     eval_every: int = 1
     checkpoint_every: int = 1
     pool_size: int = 64  # gradient pool capacity (bounded: senders wait when it is full)
+    max_parallel: int | None = None  # sync rounds: peers training at once (e.g. the cores); None: all
     max_frame: int | None = None  # default follows the model size
     host: str = "127.0.0.1"
     port: int = 7001
@@ -169,6 +170,7 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (config.training.batch_size >= 1, "training.batch_size must be >= 1"),
         (config.training.epochs >= 1, "training.epochs must be >= 1"),
         (config.pool_size >= 1, "pool_size must be >= 1"),
+        (config.max_parallel is None or config.max_parallel >= 1, "max_parallel must be >= 1"),
         (0 <= config.port <= 65535, "port must be in 0..65535"),
         (config.round_timeout > 0, "round_timeout must be > 0"),
         (config.order in ORDERS, f"order must be one of {', '.join(ORDERS)}"),

@@ -615,8 +615,9 @@ class Coordinator(SessionServer):
         return sorted(self.async_started)
 
     def _groups(self, peers: list[PeerSession]) -> list[list[PeerSession]]:
-        if self.order == "sync":
-            return [peers]
+        if self.order == "sync":  # at most max_parallel training at once: fewer processes per core
+            size = self.config.max_parallel or len(peers) or 1
+            return [peers[i:i + size] for i in range(0, len(peers), size)]
         if self.order == "random":
             return [[peers[i]] for i in self.rng.permutation(len(peers))]
         return [[peer] for peer in peers]  # round-robin

@@ -59,9 +59,10 @@ def sequential_compute(peers: int) -> float:
     return time.perf_counter() - start
 
 
-async def federated_rounds(peers: int, rounds: int) -> dict[str, Any]:
+async def federated_rounds(peers: int, rounds: int, max_parallel: int | None = None) -> dict[str, Any]:
     config = RunConfig(run_id="bench", model="mlp", data="fashion-mnist", algorithm="fedavg", rounds=rounds,
-                       peers=peers, min_peers=peers, host="127.0.0.1", port=0, training=TRAINING)
+                       peers=peers, min_peers=peers, host="127.0.0.1", port=0, training=TRAINING,
+                       max_parallel=max_parallel)
     coordinator = Coordinator(config, TcpNetwork())
     timings: list[float] = []
     original = coordinator._play_round

@@ -276,3 +276,11 @@ async def test_robust_median_resists_a_sign_flipping_peer():
                                                              run_id="test", attack=attack)).run)
         results[rule] = coordinator.history[-1]["accuracy"]
     assert results["median"] > results["mean"] + 0.1, results
+
+
+async def test_max_parallel_starts_synchronous_rounds_in_groups():
+    """FedAvg aggregates at the end of the round, so groups give the same model as all at once."""
+    together, _ = await run_coordinator(demo_config(rounds=2, peers=4, min_peers=4))
+    grouped, _ = await run_coordinator(demo_config(rounds=2, peers=4, min_peers=4, max_parallel=2))
+    assert np.array_equal(together.algorithm.params, grouped.algorithm.params)
+    assert grouped.history[-1]["participants"] == 4
