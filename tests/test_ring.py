@@ -144,8 +144,9 @@ async def test_asynchronous_ring_never_waits_for_a_silent_neighbour():
     assert bootstrap.history[-1]["accuracy"] > bootstrap.history[0]["accuracy"]
 
 
-async def test_norm_clipping_protects_ring_mixing_from_a_scaled_attacker():
-    """One peer of a ring sends its update x 100; clip_norm bounds what its neighbours mix in."""
+async def test_robust_ring_mixing_resists_a_scaled_attacker():
+    """One peer of a ring sends its update x 100: norm clipping bounds what its neighbours mix in,
+    and the coordinate-wise median of (own, neighbours) outvotes it."""
     async def run(settings):
         ring = generate("ring", 6)
         network = MemoryNetwork()
@@ -161,4 +162,6 @@ async def test_norm_clipping_protects_ring_mixing_from_a_scaled_attacker():
 
     plain = await run({"theta_u": 0.1})
     clipped = await run({"theta_u": 0.1, "clip_norm": 0.5})
+    median = await run({"theta_u": 0.1, "robust": "median"})
     assert clipped["accuracy"] > plain["accuracy"] + 0.1, (plain["accuracy"], clipped["accuracy"])
+    assert median["accuracy"] > plain["accuracy"] + 0.1, (plain["accuracy"], median["accuracy"])

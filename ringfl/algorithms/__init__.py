@@ -41,7 +41,7 @@ GOSSIP_ALGORITHMS: dict[str, type[GossipAlgorithm]] = {
     cls.name: cls for cls in (SelectiveGossip, RelayGossip, ChocoGossip)
 }
 _DP_CAPABLE = {"dssgd", "gossip-dssgd", "relay"}
-_ROBUST_CAPABLE = {"fedavg", "fedsgd"}
+_ROBUST_CAPABLE = {"fedavg", "fedsgd", "gossip-dssgd", "relay"}
 
 
 def algorithm_mode(name: str) -> str:
@@ -64,7 +64,7 @@ def _lookup(name: str, table: Mapping[str, type], mode: str, settings: Algorithm
         )
     if settings.robust != "mean" and name not in _ROBUST_CAPABLE:
         raise ConfigError(
-            f"robust aggregation '{settings.robust}' applies to fedavg/fedsgd only, not '{name}'"
+            f"robust aggregation '{settings.robust}' applies to fedavg, fedsgd, gossip-dssgd and relay, not '{name}'"
         )
     return table[name]
 

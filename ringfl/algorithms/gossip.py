@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from ringfl.algorithms.base import AlgorithmSettings, InvalidUpdate
+from ringfl.algorithms.robust import aggregate, aggregate_with
 from ringfl.algorithms.selection import select_update, update_epsilon
 from ringfl.errors import ConfigError
 from ringfl.vectors import SparseVector
@@ -223,6 +224,10 @@ class SelectiveGossip(GossipAlgorithm):
         norm = self._normaliser(set(received))
         out = self._after.copy()
         own_mass = 0.0
+        if self.settings.robust != "mean" and received:
+            own_mass = sum(weight for _, weight in received.values()) / norm
+            out += np.float32(own_mass) * self._robust_combination([v for v, _ in received.values()])
+            received = {}
         for vector, weight in received.values():
             vector.add_to(out, weight / norm * self._clip_factor(vector))
             own_mass += weight / norm
@@ -230,6 +235,16 @@ class SelectiveGossip(GossipAlgorithm):
             self._own.add_to(out, -own_mass)
         self._close_round()
         return out
+
+    def _robust_combination(self, vectors: list[SparseVector]) -> np.ndarray:
+        """Robust ring mixing: the neighbours' selections and this peer's own, combined by the
+        ``robust`` rule (a peer's own update is the honest reference a lone attacker is outvoted
+        by). Krum needs n > 2f + 2 updates; with fewer (a ring has 2 neighbours) the median is used."""
+        dense = [self._own.to_dense(), *(v.to_dense() for v in vectors)]
+        try:
+            return aggregate_with(self.settings, dense, None)
+        except ConfigError:
+            return aggregate(dense, rule="median", clip_norm=self.settings.clip_norm)
 
     def _clip_factor(self, vector: SparseVector) -> float:
         """Robust mixing: a neighbour's update counts with L2 norm at most ``clip_norm`` (a
