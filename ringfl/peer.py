@@ -340,6 +340,7 @@ class Peer(PeerBase):
             log.warning("peer %s: round %d upload rejected (%s)", self.name, round_, ack.detail or ack.reason)
         metrics = {"round": round_, "train_loss": loss, "accepted": ack.accepted, "ack_reason": int(ack.reason),
                    "epsilon": self.ledger.total, "seconds": round(time.perf_counter() - started, 3),
+                   "rounds": self.run_info.rounds if self.run_info else 0,
                    "bytes_sent": self.stream.bytes_sent, "bytes_received": self.stream.bytes_received}
         await self.stream.send(PeerReport(round=round_, metrics=metrics))
         self.record(metrics)

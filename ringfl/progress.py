@@ -89,7 +89,7 @@ class PeerPrinter:
         if "bytes_sent" in metrics:
             parts.append(f"sent {human_bytes(metrics['bytes_sent'])}")
         if not self.quiet:
-            self.console.print("  ".join(parts))
+            self.console.print("  ".join(parts), soft_wrap=True)
         if self.progress is not None:
             self.progress.update(self.task, advance=1)
 
