@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # trio depends on the backport there
     from exceptiongroup import BaseExceptionGroup
 
-from ringfl.config import load_token
+from ringfl.config import TLSConfig, load_token
 from ringfl.errors import ConfigError, RingflError
 from ringfl.protocol import ProtocolError
 from ringfl.transport import TransportError
@@ -81,10 +81,10 @@ def _cmd_topology_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _network(config: Any) -> Any:
+def _network(tls: Any) -> Any:
+    """TCP, or TLS over TCP when the run's TLS settings name a CA or certificate."""
     from ringfl.transport import TcpNetwork, TlsConfig, TlsNetwork
 
-    tls = config.tls
     if not tls.enabled:
         return TcpNetwork()
     return TlsNetwork(TlsConfig(ca=tls.ca, cert=tls.cert, key=tls.key,
@@ -114,7 +114,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     _setup_logging(args)
     config = _coordinator_config(args)
     out = Path(args.out) if args.out else None
-    network = _network(config)
+    network = _network(config.tls)
     if config.topology:
         from ringfl.ring import Bootstrap
 
@@ -147,7 +147,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
                           listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
                           attack=args.attack, connect_wait=args.connect_wait, token=load_token(args.token_file),
                           own_process=True)
-    network = _network(_coordinator_config_from_tls(args))
+    network = _network(TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key))
     if args.topology:
         peer: Any = _ring_peer(args, options, network)
     elif not args.coordinator:
@@ -179,12 +179,6 @@ def _ring_peer(args: argparse.Namespace, options: Any, network: Any) -> Any:
         return RingPeer(network, dataclasses.replace(options, coordinator=coordinator))
     config = load_config(args.config).replace(topology=args.topology)
     return RingPeer(network, options, without_bootstrap=(topology, config))
-
-
-def _coordinator_config_from_tls(args: argparse.Namespace) -> Any:
-    from ringfl.config import RunConfig, TLSConfig
-
-    return RunConfig(tls=TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key))
 
 
 def _default_name() -> str:

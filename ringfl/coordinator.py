@@ -31,6 +31,7 @@ from ringfl.algorithms.base import InvalidUpdate, Update
 from ringfl.checkpoint import load_checkpoint, save_checkpoint
 from ringfl.config import RunConfig, load_token
 from ringfl.data import load_source, prepare
+from ringfl.errors import ConfigError
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import Model, shared_model
@@ -156,6 +157,7 @@ class SessionServer:
         self.spec = spec
         self.num_params = num_params
         self.sessions: dict[str, PeerSession] = {}
+        self.order = config.order  # the coordinator resolves "auto" for its algorithm
         self.joining: set[str] = set()  # names between their join and their spec reply
         self.token = load_token(config.token_file)
         self.indices: dict[str, int] = {}  # peer name -> stable index (partition, topology node)
@@ -254,8 +256,7 @@ class SessionServer:
 
     def accept_info(self, session: PeerSession) -> dict[str, Any]:
         """What a joining peer needs besides the spec: hyperparameters, its index, the run shape."""
-        return {**run_description(self.config, session.index),
-                "order": self.order if hasattr(self, "order") else self.config.order}
+        return {**run_description(self.config, session.index), "order": self.order}
 
     def on_join(self, session: PeerSession) -> None:
         """Called after a peer joined (before its first message)."""
@@ -408,14 +409,13 @@ class Coordinator(SessionServer):
         self.out_dir = out_dir
         test = load_source(config.data, num_classes=spec.num_classes).test
         self.test_x, self.test_y = prepare(test.x, spec.input_shape), test.y
-        if resume and out_dir is not None:
-            load_checkpoint(out_dir / "checkpoint.npz")  # fail before touching any file
+        saved = load_checkpoint(out_dir / "checkpoint.npz") if resume and out_dir else None  # before any write
         self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None  # inputs are valid now
         self.history: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.wal = UpdateLog(out_dir / "updates.wal", self.num_params) if out_dir else None
-        if resume:
-            self._restore()
+        if saved is not None:
+            self._restore(*saved)
         elif self.wal is not None:
             self.wal.reset()
         send, receive = trio.open_memory_channel[PoolItem](config.pool_size)
@@ -441,12 +441,8 @@ class Coordinator(SessionServer):
         if self.wal is not None:
             self.wal.reset()
 
-    def _restore(self) -> None:
-        assert self.checkpoint_path is not None
-        arrays, meta = load_checkpoint(self.checkpoint_path)
+    def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         if meta["spec_hash"] != self.spec.hash or meta["algorithm"] != self.config.algorithm:
-            from ringfl.errors import ConfigError
-
             raise ConfigError(f"cannot resume: {self.checkpoint_path} is for another model or algorithm")
         self.algorithm.load_state(arrays)
         self.round, self.version = int(meta["round"]), int(meta["version"])
@@ -506,6 +502,8 @@ class Coordinator(SessionServer):
             self.progress.notify()
 
     def _apply(self, item: PoolItem) -> bool:
+        if self.order == "async":
+            self.async_answers += 1
         item.reason, item.detail = self._decide(item)
         self.pool_stats.count(item.reason)
         if item.peer in self.selected:
@@ -538,9 +536,7 @@ class Coordinator(SessionServer):
             log.info("replayed %d acknowledged uploads from %s", replayed, self.wal.path)
 
     def _decide(self, item: PoolItem) -> tuple[Reason, str]:
-        if self.order == "async":
-            self.async_answers += 1
-        elif not self.round_open or item.peer not in self.selected:
+        if self.order != "async" and (not self.round_open or item.peer not in self.selected):
             return Reason.ROUND_CLOSED if item.round < self.round else Reason.NOT_SELECTED, ""
         reason = self.policy.check(item.peer, item.round, item.base_version, self.round, item.vector)
         if reason is not Reason.ACCEPTED:

@@ -661,15 +661,7 @@ async def _coordinator(run: Run, transport: str, tracker: Tracker, started: floa
     server = ReportingCoordinator(config, network)
     server.on_round.append(lambda r: tracker.advance(1 if r["round"] > 0 else 0, r["accuracy"]))
     names = [f"peer{i}" for i in range(config.peers)]
-    if transport == "tcp":
-        clients = _processes(lambda address: [_peer_args(address, name, config.peers, i, *_attack_args(config, i))
-                                              for i, name in enumerate(names)])
-    else:
-        data = _peer_data(config, None)
-        peers = [Peer(network, PeerOptions(coordinator="", name=name, peers=config.peers, index=i,
-                                           attack=_attack(config, i)), data=data[i])
-                 for i, name in enumerate(names)]
-        clients = _in_process(peers)
+    clients = _clients(config, network, transport, names, Peer, None, [])
     await _within_deadline(run, serve_until_done(server, clients))
     key = run.setting.key
     rounds = [
@@ -698,18 +690,11 @@ async def _ring(run: Run, out: Path, transport: str, eval_samples: int | None, t
     server = Bootstrap(config, network, topology=run.topology)
     server.on_round.append(lambda r: tracker.advance(1, r["accuracy"]))
     labels = list(run.topology.labels)
+    extra = []
     if transport == "tcp":
-        topology_file = _topology_file(run, out)
-        extra = ["--topology", str(topology_file)] + (["--eval-samples", str(eval_samples)] if eval_samples else [])
-        clients = _processes(lambda address: [_peer_args(address, label, config.peers, i, "--id", label, *extra,
-                                                         *_attack_args(config, i))
-                                              for i, label in enumerate(labels)])
-    else:
-        data = _peer_data(config, eval_samples)
-        peers = [RingPeer(network, PeerOptions(coordinator="", name=label, peers=config.peers, index=i,
-                                               attack=_attack(config, i)), data=data[i])
-                 for i, label in enumerate(labels)]
-        clients = _in_process(peers)
+        extra = ["--topology", str(_topology_file(run, out))] + (["--eval-samples", str(eval_samples)]
+                                                                if eval_samples else [])
+    clients = _clients(config, network, transport, labels, RingPeer, eval_samples, extra)
     await _within_deadline(run, serve_until_done(server, clients))
     return _ring_result(run, server, started)
 
@@ -747,6 +732,22 @@ def _topology_file(run: Run, out: Path) -> Path:
 
 
 # --- shared by both modes -------------------------------------------------------------------
+
+
+def _clients(config: RunConfig, network: Network, transport: str, names: Sequence[str],
+             peer_class: type[Peer] | type[RingPeer], eval_samples: int | None, extra: Sequence[str]) -> Clients:
+    """The setting's peers: ``ringfl peer`` processes (tcp), or peer objects in this process that
+    share the prepared data. Ring peers are named by their topology label (``--id``)."""
+    ring = peer_class is RingPeer
+    if transport == "tcp":
+        return _processes(lambda address: [
+            _peer_args(address, name, config.peers, i, *(["--id", name] if ring else []), *extra,
+                       *_attack_args(config, i))
+            for i, name in enumerate(names)])
+    data = _peer_data(config, eval_samples)
+    return _in_process([peer_class(network, PeerOptions(coordinator="", name=name, peers=config.peers, index=i,
+                                                        attack=_attack(config, i)), data=data[i])
+                        for i, name in enumerate(names)])
 
 
 def _attack(config: RunConfig, index: int) -> str | None:

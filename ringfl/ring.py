@@ -338,7 +338,6 @@ class RingPeer(PeerBase):
         self.end_event = trio.Event()
         self.start_round = 0
         self.ended = False
-        self.bytes_closed = [0, 0]
         self.closed_link_bytes: dict[str, list[int]] = {}  # neighbour label -> [sent, received]
         self.in_labels: dict[int, str] = {}  # id(incoming stream) -> the neighbour's label
 
@@ -361,9 +360,9 @@ class RingPeer(PeerBase):
         counts[1] += stream.bytes_received
 
     def neighbour_bytes(self) -> tuple[int, int]:
-        streams = [*self.out_streams.values(), *self.in_streams]
-        sent = self.bytes_closed[0] + sum(s.bytes_sent for s in streams)
-        received = self.bytes_closed[1] + sum(s.bytes_received for s in streams)
+        links = self.bytes_by_neighbour().values()
+        sent = sum(counts[0] for counts in links)
+        received = sum(counts[1] for counts in links)
         return sent, received
 
     # --- the run -----------------------------------------------------------------------------
@@ -579,8 +578,6 @@ class RingPeer(PeerBase):
     async def _drop_out(self, node: int) -> None:
         stream = self.out_streams.pop(node, None)
         if stream is not None:
-            self.bytes_closed[0] += stream.bytes_sent
-            self.bytes_closed[1] += stream.bytes_received
             self._closed_link(self.label_of.get(node, str(node)), stream)
             with trio.move_on_after(1.0):
                 await stream.aclose()
@@ -663,8 +660,6 @@ class RingPeer(PeerBase):
             log.info("peer %s: neighbour link ended: %s", self.name, exc)
         finally:
             self.in_streams.remove(stream)
-            self.bytes_closed[0] += stream.bytes_sent
-            self.bytes_closed[1] += stream.bytes_received
             self._closed_link(self.in_labels.pop(id(stream), "?"), stream)
             await stream.aclose()
 

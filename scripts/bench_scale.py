@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -79,8 +80,7 @@ async def processes(peers: int, eval_samples: int) -> dict[str, Any]:
 
 
 async def _run(command: list[str]) -> None:
-    await trio.run_process(command, stdout=subprocess.DEVNULL, env={**__import__("os").environ,
-                                                                     "OMP_NUM_THREADS": "1"})
+    await trio.run_process(command, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def main() -> None:

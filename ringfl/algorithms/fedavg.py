@@ -95,6 +95,7 @@ class FedAvgPeer(PeerAlgorithm):
     """Uploads the dense local change Δ = end − start."""
 
     name: ClassVar[str] = "fedavg"
+    direction: ClassVar[float] = 1.0  # the upload is direction · (end − start)
 
     def make_update(
         self,
@@ -105,25 +106,12 @@ class FedAvgPeer(PeerAlgorithm):
         ledger: Any = None,
         label: Any = None,
     ) -> Vector:
-        return require_finite(
-            np.asarray(end, dtype=np.float32) - np.asarray(start, dtype=np.float32)
-        )
+        change = np.asarray(end, dtype=np.float32) - np.asarray(start, dtype=np.float32)
+        return require_finite(change if self.direction > 0 else -change)
 
 
-class FedSGDPeer(PeerAlgorithm):
+class FedSGDPeer(FedAvgPeer):
     """Uploads the full-local-set gradient g, which the runtime passes as ``end = start − g``."""
 
     name: ClassVar[str] = "fedsgd"
-
-    def make_update(
-        self,
-        start: np.ndarray,
-        end: np.ndarray,
-        rng: np.random.Generator,
-        *,
-        ledger: Any = None,
-        label: Any = None,
-    ) -> Vector:
-        return require_finite(
-            np.asarray(start, dtype=np.float32) - np.asarray(end, dtype=np.float32)
-        )
+    direction: ClassVar[float] = -1.0
