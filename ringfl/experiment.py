@@ -19,7 +19,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ from ringfl.config import RunConfig, parse_config, read_mapping
 from ringfl.coordinator import Coordinator, PeerSession
 from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
 from ringfl.errors import ConfigError, RingflError, TopologyError
-from ringfl.launch import peer_command, run_peer_processes, serve_until_done
+from ringfl.launch import child_env, peer_command, run_peer_processes, serve_until_done
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import shared_model
 from ringfl.peer import Peer, PeerData, PeerOptions, load_peer_data
@@ -858,7 +857,7 @@ def _run_workers(experiment: Experiment, out: Path, transport: str, jobs: int, b
     async def one(index: int) -> None:
         command = [sys.executable, "-m", "ringfl", "experiment", str(out / COPY_FILE), "--out", str(out),
                    "--transport", transport, "--worker", f"{index}/{jobs}"]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        env = child_env(jobs)
         async with trio.open_nursery() as nursery:
             process = await nursery.start(partial(trio.run_process, command, stdout=subprocess.PIPE,
                                                   env=env, check=False))

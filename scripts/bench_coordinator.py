@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -24,7 +25,7 @@ import trio
 from ringfl.config import AcceptanceConfig, RunConfig, TrainingConfig
 from ringfl.coordinator import Coordinator
 from ringfl.data import load_source, peer_indices, prepare
-from ringfl.launch import run_peer_processes
+from ringfl.launch import child_env, run_peer_processes
 from ringfl.model import load_spec
 from ringfl.model.runtime import shared_model
 from ringfl.protocol import (
@@ -44,19 +45,56 @@ from ringfl.vectors import SparseVector
 TRAINING = TrainingConfig(lr=0.05, batch_size=64)
 
 
-def sequential_compute(peers: int) -> float:
-    """Seconds to train every peer's shard for one epoch, one after another, in this process."""
+def _shards(peers: int, which: list[int]) -> tuple[Any, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
     spec = load_spec("mlp")
     model = shared_model(spec)
     splits = load_source("fashion-mnist")
-    params = model.init_params(0)
-    shards = [peer_indices(splits.train.y, "iid", peers, 0, i) for i in range(peers)]
+    shards = [peer_indices(splits.train.y, "iid", peers, 0, i) for i in which]
     data = [(prepare(splits.train.x[s], spec.input_shape), splits.train.y[s]) for s in shards]
+    params = model.init_params(0)
     model.train_sync(params, *data[0], lr=0.05, batch_size=64)  # warm up the cached graph
+    return model, params, data
+
+
+def sequential_compute(peers: int) -> float:
+    """Seconds to train every peer's shard for one epoch, one after another, in this process."""
+    model, params, data = _shards(peers, list(range(peers)))
     start = time.perf_counter()
     for x, y in data:
         model.train_sync(params, x, y, lr=0.05, batch_size=64)
     return time.perf_counter() - start
+
+
+def bare_train(peers: int, index: int) -> None:
+    """Internal: one peer's local epoch in a bare process, started when stdin says go."""
+    model, params, data = _shards(peers, [index])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    model.train_sync(params, *data[0], lr=0.05, batch_size=64)
+    print("done", flush=True)
+
+
+def parallel_compute(peers: int) -> float:
+    """Seconds for the same epochs in ``peers`` bare processes at once (no ringfl networking):
+    what the machine itself achieves when that many MXNet processes share its cores."""
+    env = child_env(peers)
+    procs = [subprocess.Popen([sys.executable, __file__, "--bare-train", str(i), "--peers", str(peers)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for i in range(peers)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    start = time.perf_counter()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+    for proc in procs:  # the time to the last "done", not to exit (MXNet's teardown is slow)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"done":
+            raise RuntimeError("a bare training process failed")
+    elapsed = time.perf_counter() - start
+    for proc in procs:
+        proc.wait()
+    return elapsed
 
 
 async def federated_rounds(peers: int, rounds: int, max_parallel: int | None = None) -> dict[str, Any]:
@@ -154,10 +192,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--synthetic", metavar="ADDRESS", help=argparse.SUPPRESS)  # internal: client process
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-train", type=int, metavar="INDEX", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--only", choices=["rounds", "pool"], help="run one part")
     args = parser.parse_args()
     if args.synthetic:
         trio.run(synthetic_peers, args.synthetic, args.first, args.clients, args.seconds)
+        return
+    if args.bare_train is not None:
+        bare_train(args.peers, args.bare_train)
         return
     cores = len(os.sched_getaffinity(0))
     if args.only == "pool":
@@ -165,6 +207,7 @@ def main() -> None:
         print(json.dumps(pool, indent=2))
         return
     compute = sequential_compute(args.peers)
+    bare = float(np.median([parallel_compute(args.peers) for _ in range(3)]))
     rounds = trio.run(federated_rounds, args.peers, args.rounds)
     pool = trio.run(pool_throughput, args.clients, args.seconds)
     round_time = float(np.median(rounds["round_seconds"]))
@@ -172,12 +215,15 @@ def main() -> None:
         "cores": cores, "peers": args.peers, "sequential_compute_s": compute,
         "compute_over_parallelism_s": compute / min(cores, args.peers), "median_round_s": round_time,
         "ratio_to_goal_base": round_time / (compute / min(cores, args.peers)),
+        "bare_parallel_compute_s": bare, "ratio_to_bare_parallel": round_time / bare,
         "rounds": rounds, "pool": pool,
     }
     print(json.dumps(result, indent=2))
     print(f"\n(a) {args.peers} peers: median round {round_time:.2f} s (without evaluation); sequential compute "
           f"{compute:.2f} s / {min(cores, args.peers)} cores = {result['compute_over_parallelism_s']:.2f} s "
           f"-> ratio {result['ratio_to_goal_base']:.2f} (goal <= 1.10)")
+    print(f"    the same epochs in {args.peers} bare processes at once (no networking): {bare:.2f} s "
+          f"-> ringfl round / bare parallel = {result['ratio_to_bare_parallel']:.2f}")
     print(f"(b) pool: {pool['accepted_per_s']:.0f} sparse uploads/s accepted from {args.clients} concurrent "
           f"peers (goal >= 2000); peak pool depth {pool['pool_peak_depth']}, "
           f"waiting senders {pool['peak_waiting_senders']}")

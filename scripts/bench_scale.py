@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import trio
 import yaml
 
 from ringfl.config import PartitionConfig, RunConfig, TrainingConfig
+from ringfl.launch import child_env
 from ringfl.peer import PeerOptions
 from ringfl.ring import Bootstrap, RingPeer
 from ringfl.topology import generate
@@ -80,7 +80,7 @@ async def processes(peers: int, eval_samples: int) -> dict[str, Any]:
 
 
 async def _run(command: list[str]) -> None:
-    await trio.run_process(command, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    await trio.run_process(command, stdout=subprocess.DEVNULL, env=child_env(2))
 
 
 def main() -> None:

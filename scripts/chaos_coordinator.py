@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import socket
@@ -31,6 +30,7 @@ from ringfl.checkpoint import load_checkpoint
 from ringfl.config import load_config
 from ringfl.coordinator import Coordinator
 from ringfl.data import FASHION_MNIST_DIR
+from ringfl.launch import child_env
 from ringfl.metrics import read_jsonl
 from ringfl.transport import TcpNetwork
 from ringfl.wal import UpdateLog
@@ -52,7 +52,7 @@ class Cluster:
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.starts: dict[int, int] = {}
-        self.env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        self.env = child_env(peers + 1)
 
     def start_coordinator(self, resume: bool = False) -> None:
         command = [sys.executable, "-m", "ringfl", "coordinator", "--config", str(self.folder / "run.yaml"),
