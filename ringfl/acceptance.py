@@ -44,6 +44,7 @@ class AcceptancePolicy:
     config: AcceptanceConfig
     num_params: int
     seen: set[tuple[str, int]] = field(default_factory=set)
+    _oldest: int | None = field(default=None, init=False, repr=False)  # oldest round in ``seen``
 
     def check(self, sender: str, round_: int, base_round: int, current_round: int, vector: Vector) -> Reason:
         """The reason to reject, or ``Reason.ACCEPTED``. Does not record the update."""
@@ -51,7 +52,8 @@ class AcceptancePolicy:
         if size != self.num_params:
             return Reason.WRONG_LENGTH
         values = vector.values if isinstance(vector, SparseVector) else np.asarray(vector)
-        if self.config.check_finite and not bool(np.isfinite(values).all()):
+        verified = isinstance(vector, SparseVector) and vector.checked  # by the codec
+        if self.config.check_finite and not verified and not bool(np.isfinite(values).all()):
             return Reason.NON_FINITE
         if current_round - base_round > self.config.max_staleness:
             return Reason.STALE
@@ -63,7 +65,17 @@ class AcceptancePolicy:
 
     def record(self, sender: str, round_: int) -> None:
         self.seen.add((sender, round_))
+        self._oldest = round_ if self._oldest is None else min(self._oldest, round_)
+
+    def restore(self, seen: set[tuple[str, int]]) -> None:
+        """Take the applied (peer, round) pairs of a checkpoint."""
+        self.seen = set(seen)
+        self._oldest = min((r for _, r in self.seen), default=None)
 
     def forget_before(self, round_: int) -> None:
-        """Drop bookkeeping for rounds that can no longer be accepted (bounded memory)."""
-        self.seen = {key for key in self.seen if key[1] >= round_ - self.config.max_staleness - 1}
+        """Drop bookkeeping for rounds that can no longer be accepted (bounded memory).
+
+        Called every round: the set is only rebuilt when something in it has become too old."""
+        keep_from = round_ - self.config.max_staleness - 1
+        if self._oldest is not None and self._oldest < keep_from:
+            self.restore({key for key in self.seen if key[1] >= keep_from})

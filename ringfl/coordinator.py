@@ -450,7 +450,7 @@ class Coordinator(SessionServer):
         self.next_index = max(self.indices.values(), default=-1) + 1
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
         self.pool_stats.applied = int(meta.get("applied", 0))
-        self.policy.seen = {(str(peer), int(r)) for peer, r in meta.get("seen", [])}
+        self.policy.restore({(str(peer), int(r)) for peer, r in meta.get("seen", [])})
         self._replay_log(self.pool_stats.applied)
         log.info("resumed at round %d from %s", self.round, self.checkpoint_path)
 

@@ -7,7 +7,7 @@ indices plus float32 values, so the codec can send it without per-element Python
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,9 @@ class SparseVector:
     size: int
     indices: np.ndarray  # uint32, sorted ascending, unique, all < size
     values: np.ndarray  # float32, same length as indices
+    # True when the wire codec already verified all of the above and finite values on read-only
+    # arrays: receivers then skip re-checking every upload (a third of the pool's time per upload).
+    checked: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def from_indices(cls, size: int, indices: np.ndarray, values: np.ndarray) -> SparseVector:
@@ -48,6 +51,21 @@ class SparseVector:
     @property
     def density(self) -> float:
         return self.nnz / self.size if self.size else 0.0
+
+    def bitmap(self) -> np.ndarray:
+        """``indices`` as a packed little-endian bit mask of ``size`` bits (the codec's compact
+        form). Cached when the index array is read-only, as received ones are: a selection sent
+        to several neighbours, or forwarded, is packed once."""
+        cached = self.__dict__.get("_bitmap")
+        if cached is not None:
+            return cached
+        bits = np.zeros(-(-self.size // 8) * 8, dtype=np.uint8)
+        bits[self.indices] = 1
+        packed = np.packbits(bits, bitorder="little")
+        if not self.indices.flags.writeable:
+            packed.flags.writeable = False
+            self.__dict__["_bitmap"] = packed  # frozen dataclass: a cache, not a field
+        return packed
 
     def to_dense(self) -> np.ndarray:
         out = np.zeros(self.size, dtype=np.float32)

@@ -572,3 +572,16 @@ def test_documented_examples() -> None:
     )
     assert len(upload) == 176 and upload[:12].hex(" ") == "00 00 03 ec 00 00 00 a8 00 00 00 91"
     assert upload[157:].hex(" ") == "00 00 00 04 02 00 00 00 00 00 00 00 00 00 3f 00 00 80 bf"
+
+
+def test_received_sparse_vectors_are_marked_checked_and_forward_unchanged() -> None:
+    """The pool skips re-verifying what the codec verified; a relay re-sends identical bytes."""
+    vector = SparseVector.from_indices(1000, np.arange(0, 1000, 7), np.ones(143, np.float32))
+    assert not vector.checked
+    frame = encode(Upload(vector=vector))
+    received = decode(frame).vector
+    assert received.checked and not received.indices.flags.writeable
+    assert received.bitmap() is received.bitmap()  # packed once for every neighbour
+    assert encode(Upload(vector=received)) == frame
+    assert vector.bitmap() is not vector.bitmap()  # writable indices: never cached
+    assert not decode(frame, Limits(allow_nonfinite=True)).vector.checked

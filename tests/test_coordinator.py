@@ -184,6 +184,34 @@ def test_policy_rejects_non_finite_stale_and_oversized():
     assert policy.check("a", 3, 3, 3, good) is Reason.DUPLICATE
 
 
+def test_policy_forgets_only_rounds_too_old_to_accept():
+    policy = AcceptancePolicy(AcceptanceConfig(max_staleness=1), num_params=4)
+    for peer, r in [("a", 1), ("b", 2), ("a", 4)]:
+        policy.record(peer, r)
+    policy.forget_before(4)  # rounds >= 4 - 1 - 1 stay
+    assert policy.seen == {("b", 2), ("a", 4)}
+    policy.restore({("c", 7)})
+    policy.forget_before(5)
+    assert policy.seen == {("c", 7)}
+    policy.forget_before(9)
+    assert policy.seen == {("c", 7)}
+    policy.forget_before(10)
+    assert policy.seen == set()
+
+
+def test_pool_rejects_unsorted_indices_unless_the_codec_checked_them():
+    from ringfl.algorithms import DSSGDCoordinator
+    from ringfl.algorithms.base import AlgorithmSettings, InvalidUpdate, Update
+    from ringfl.vectors import SparseVector
+
+    server = DSSGDCoordinator(np.zeros(8, np.float32), AlgorithmSettings(theta_u=0.5), np.random.default_rng(0))
+    unsorted = SparseVector(8, np.array([3, 1], np.uint32), np.ones(2, np.float32))
+    with pytest.raises(InvalidUpdate, match="sorted"):
+        server.submit(Update("p", 0, unsorted))
+    server.submit(Update("p", 0, SparseVector(8, np.array([1, 3], np.uint32), np.ones(2, np.float32))))
+    assert server.params[[1, 3]].tolist() == [1.0, 1.0]
+
+
 async def test_round_closes_at_deadline_without_a_missing_peer():
     """A peer that joins but never answers must not block the round forever."""
     config = demo_config(peers=2, min_peers=1, rounds=1, round_timeout=1.0)

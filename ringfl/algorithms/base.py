@@ -295,7 +295,7 @@ class CoordinatorAlgorithm(ABC):
                 )
             if vec.nnz and int(vec.indices[-1]) >= self.size:
                 raise InvalidUpdate(f"{update.sender}: sparse index out of range")
-            if vec.nnz > 1 and not np.all(np.diff(vec.indices.astype(np.int64)) > 0):
+            if not vec.checked and vec.nnz > 1 and not (vec.indices[1:] > vec.indices[:-1]).all():
                 raise InvalidUpdate(f"{update.sender}: sparse indices not sorted and unique")
             values, nnz = vec.values, vec.nnz
         else:

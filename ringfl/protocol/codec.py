@@ -262,12 +262,11 @@ def _sparse_to_wire(
     values = _as_array(vector.values, "float32", "sparse values")
     if indices.size != values.size:
         raise _Invalid("sparse indices and values differ in length")
-    _check_indices(indices, size)
-    _check_finite(values, limits)
+    if not vector.checked:  # a received vector sent on (relay) was checked when it arrived
+        _check_indices(indices, size)
+        _check_finite(values, limits)
     if bitmap_is_smaller(size, indices.size):
-        bits = np.zeros(-(-size // 8) * 8, dtype=np.uint8)
-        bits[indices] = 1
-        return {"encoding": "bitmap", "size": size}, [np.packbits(bits, bitorder="little"), values]
+        return {"encoding": "bitmap", "size": size}, [vector.bitmap(), values]
     return {"encoding": "indices", "size": size}, [indices, values]
 
 
@@ -299,7 +298,7 @@ def _vector_from_wire(desc: Any, buffers: deque, limits: Limits) -> Vector:
     else:
         raise _Invalid(f"unknown vector encoding {encoding!r}")
     _check_finite(values, limits)
-    return SparseVector(size, indices, values)
+    return SparseVector(size, indices, values, checked=not limits.allow_nonfinite)
 
 
 def _bitmap_indices(bitmap: np.ndarray, size: int) -> np.ndarray:
