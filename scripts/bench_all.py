@@ -81,7 +81,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "pool" in coordinator:
         out.append(("coordinator round (10 peer processes) vs compute / cores",
                     f"{coordinator['median_round_s']:.2f} s vs {coordinator['compute_over_parallelism_s']:.2f} s "
-                    f"(ratio {coordinator['ratio_to_goal_base']:.2f})", "`python scripts/bench_coordinator.py`"))
+                    f"(ratio {coordinator['ratio_to_goal_base']:.2f}); the same epochs in 10 bare processes "
+                    f"{coordinator['bare_parallel_compute_s']:.2f} s", "`python scripts/bench_coordinator.py`"))
         out.append(("gradient pool, sparse uploads accepted per second",
                     f"{coordinator['pool']['accepted_per_s']:.0f} /s from {coordinator['pool']['clients']} peers",
                     "`python scripts/bench_coordinator.py`"))
