@@ -1,6 +1,9 @@
 """Model specs (validation, shapes, counts, hashing) and the Gluon runtime (flat vectors, training)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -130,3 +133,13 @@ def test_fedsgd_gradient_matches_a_small_step():
     loss_before, _ = model.evaluate_sync(params, x, y)
     loss_after, _ = model.evaluate_sync(params - 0.5 * grad, x, y)
     assert loss_after < loss_before
+
+
+def test_engine_banner_is_not_printed_when_the_launchers_choose_the_engine():
+    """Peer processes get MXNET_ENGINE_TYPE=NaiveEngine; MXNet's banner must not reach the terminal."""
+    code = ("import sys; from ringfl.model.gluon import GluonModel; from ringfl.model import load_spec; "
+            "GluonModel(load_spec('mlp')); print('still here', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MXNET_ENGINE_TYPE": "NaiveEngine"})
+    assert done.returncode == 0, done.stderr
+    assert "still here" in done.stderr and "start using engine" not in done.stderr

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,38 @@ from mxnet.gluon import nn, rnn
 
 from ringfl.errors import SpecError
 from ringfl.model.spec import LayerInfo, ModelSpec
+
+_ENGINE_BANNER = b"MXNet start using engine:"
+
+
+def _start_engine_quietly() -> None:
+    """Create MXNet's engine now, without its banner.
+
+    MXNet logs "MXNet start using engine: X" to stderr on its first operation whenever
+    ``MXNET_ENGINE_TYPE`` is set, which the launchers do for every peer process (see
+    :func:`ringfl.launch.child_env`); ten peers would print ten such lines into the demo. Standard
+    error is diverted at the file-descriptor level (the line comes from C++) for that one
+    operation and everything else written meanwhile is passed on.
+    """
+    if "MXNET_ENGINE_TYPE" not in os.environ:
+        nd.zeros(1).wait_to_read()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            nd.zeros(1).wait_to_read()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if _ENGINE_BANNER not in line]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+_start_engine_quietly()
 
 
 @dataclass(frozen=True)
