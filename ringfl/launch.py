@@ -21,7 +21,7 @@ def child_env(processes: int) -> dict[str, str]:
     One OpenMP thread each, and (for more than one process) MXNet's NaiveEngine: ringfl already
     runs all MXNet work of a process on one thread, so the threaded engine's worker only adds a
     hand-off per operator, which is pure overhead once the processes outnumber the cores (measured
-    on 2 cores, 10 peers: a FedAvg round 1.16 s threaded, 0.88 s naive). Values the user set win.
+    on 2 cores, 10 peers: a FedAvg round 1.16 s threaded, 0.85 s naive). Values the user set win.
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -20,7 +20,7 @@ class SparseVector:
     indices: np.ndarray  # uint32, sorted ascending, unique, all < size
     values: np.ndarray  # float32, same length as indices
     # True when the wire codec already verified all of the above and finite values on read-only
-    # arrays: receivers then skip re-checking every upload (a third of the pool's time per upload).
+    # arrays: receivers then skip re-checking every upload (about 50 µs each in the gradient pool).
     checked: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
