@@ -440,17 +440,25 @@ def feed_decoder(data: bytes, limits: Limits, chunks: list[bytes]) -> list[Messa
     raise AssertionError("decoder returned NEED_DATA after EOF")
 
 
-def feed_connection(role: Role, chunks: list[bytes], token: bytes | None = None) -> list[Message]:
-    """All messages a :class:`Connection` in ``role`` accepts from ``chunks`` then EOF."""
-    conn = Connection(role, token=token) if token else Connection(role)  # type: ignore[call-arg]
+def drain(conn: Connection, chunks: list[bytes]) -> tuple[list[Message], bool]:
+    """The messages ``conn`` accepts from ``chunks`` then EOF, and whether it reported the EOF."""
     out: list[Message] = []
     for chunk in [*chunks, b""]:
         conn.receive_data(chunk)
         for event in conn.events():
             if event is EOF:
-                return out
+                return out, True
             out.append(event)
-    raise AssertionError("connection returned NEED_DATA after EOF")
+    return out, False
+
+
+def feed_connection(role: Role, chunks: list[bytes], token: bytes | None = None) -> list[Message]:
+    """All messages a :class:`Connection` in ``role`` accepts from ``chunks`` then EOF."""
+    conn = Connection(role, token=token) if token else Connection(role)  # type: ignore[call-arg]
+    out, ended = drain(conn, chunks)
+    if not ended:
+        raise AssertionError("connection returned NEED_DATA after EOF")
+    return out
 
 
 TOKEN = b"ringfl-fuzz-token-0123456789"
@@ -516,17 +524,7 @@ def authenticated_input(
         data = MUTATORS[name](rng, b"".join(frames), frames)
     chunks = _chunks(rng, data)
 
-    def feed() -> list[Message]:
-        out: list[Message] = []
-        for chunk in [*chunks, b""]:
-            server.receive_data(chunk)
-            for event in server.events():
-                if event is EOF:
-                    return out
-                out.append(event)
-        return out
-
-    return f"auth_{name}", data, feed
+    return f"auth_{name}", data, lambda: drain(server, chunks)[0]
 
 
 def decode_any(rng: random.Random, data: bytes) -> list[Message]:

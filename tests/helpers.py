@@ -1,4 +1,5 @@
-"""Helpers for tests that run a coordinator or a bootstrap with in-process peers."""
+"""Helpers for tests: a coordinator or a bootstrap with in-process peers, and two sans-IO
+connections wired to each other."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import trio
 from ringfl.config import RunConfig
 from ringfl.coordinator import Coordinator
 from ringfl.peer import Peer, PeerOptions
+from ringfl.protocol import Connection, Message, Role
 from ringfl.transport import MemoryNetwork, Network
 
 
@@ -33,3 +35,35 @@ async def run_coordinator(config: RunConfig, network: Network | None = None, pee
             clients.append(peer)
             nursery.start_soon(peer.run)
     return coordinator, clients
+
+
+class ConnectionPair:
+    """A client and a server Connection, the frames in flight between them and a wire log."""
+
+    def __init__(self, client_token: bytes | None = None, server_token: bytes | None = None) -> None:
+        self.client = Connection(Role.CLIENT, local_id="peer-1", token=client_token)
+        self.server = Connection(Role.SERVER, local_id="coord", run_id="run-7", token=server_token)
+        self.inflight: dict[Role, list[bytes]] = {Role.CLIENT: [], Role.SERVER: []}
+        self.wire: list[tuple[Role, bytes]] = []
+
+    def conn(self, role: Role) -> Connection:
+        return self.client if role is Role.CLIENT else self.server
+
+    def post(self, role: Role, message: Message) -> bytes:
+        data = self.conn(role).send(message)
+        self.inflight[role].append(data)
+        self.wire.append((role, data))
+        return data
+
+    def deliver(self, role: Role) -> Message:
+        receiver = self.conn(role.other)
+        receiver.receive_data(self.inflight[role].pop(0))
+        return receiver.next_event()
+
+    def say(self, role: Role, message: Message) -> Message:
+        """Send and deliver at once; both sides must then agree on the state."""
+        self.post(role, message)
+        got = self.deliver(role)
+        assert type(got) is type(message)
+        assert self.client.state is self.server.state
+        return got

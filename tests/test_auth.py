@@ -48,6 +48,7 @@ from ringfl.protocol import (
 )
 from ringfl.transport import MessageStream, PeerClosedError, PeerError, TcpNetwork, dial
 from ringfl.vectors import SparseVector
+from tests.helpers import ConnectionPair
 from tests.test_state import SAMPLES
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,35 +60,11 @@ UPDATE = SparseVector.take(MODEL, np.array([1, 5, 9]))
 C, S = Role.CLIENT, Role.SERVER
 
 
-class Pair:
-    """Two sans-IO Connections and the frames in flight between them, with a wire log."""
+class Pair(ConnectionPair):
+    """Two sans-IO Connections that hold the run token unless told otherwise."""
 
     def __init__(self, client_token: bytes | None = TOKEN, server_token: bytes | None = TOKEN):
-        self.client = Connection(C, local_id="peer-1", token=client_token)
-        self.server = Connection(S, local_id="coord", run_id="run-7", token=server_token)
-        self.inflight: dict[Role, list[bytes]] = {C: [], S: []}
-        self.wire: list[tuple[Role, bytes]] = []
-
-    def conn(self, role: Role) -> Connection:
-        return self.client if role is C else self.server
-
-    def post(self, role: Role, message: Message) -> bytes:
-        data = self.conn(role).send(message)
-        self.inflight[role].append(data)
-        self.wire.append((role, data))
-        return data
-
-    def deliver(self, role: Role) -> Message:
-        receiver = self.conn(role.other)
-        receiver.receive_data(self.inflight[role].pop(0))
-        return receiver.next_event()
-
-    def say(self, role: Role, message: Message) -> Message:
-        self.post(role, message)
-        got = self.deliver(role)
-        assert type(got) is type(message)
-        assert self.client.state is self.server.state
-        return got
+        super().__init__(client_token, server_token)
 
     def handshake(self) -> None:
         self.say(C, JoinRequest(num_samples=600, info={"note": "hi"}))

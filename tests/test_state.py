@@ -49,6 +49,7 @@ from ringfl.protocol import (
 )
 from ringfl.protocol.state import CLIENT_CODES, SERVER_CODES
 from ringfl.vectors import SparseVector
+from tests.helpers import ConnectionPair
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SIZE = 64
@@ -190,32 +191,7 @@ def test_random_event_sequences(role: Role, data: st.DataObject) -> None:
 # --- two connections wired to each other --------------------------------------------------------
 
 
-class Pair:
-    """A client and a server Connection with the bytes in flight between them."""
-
-    def __init__(self) -> None:
-        self.client = Connection(Role.CLIENT, local_id="peer-1")
-        self.server = Connection(Role.SERVER, local_id="coord", run_id="run-7")
-        self.inflight: dict[Role, list[bytes]] = {Role.CLIENT: [], Role.SERVER: []}
-
-    def conn(self, role: Role) -> Connection:
-        return self.client if role is Role.CLIENT else self.server
-
-    def post(self, role: Role, message: Message) -> None:
-        self.inflight[role].append(self.conn(role).send(message))
-
-    def deliver(self, role: Role) -> Message:
-        receiver = self.conn(role.other)
-        receiver.receive_data(self.inflight[role].pop(0))
-        return receiver.next_event()
-
-    def say(self, role: Role, message: Message) -> Message:
-        """Send and deliver at once; both sides must then agree on the state."""
-        self.post(role, message)
-        got = self.deliver(role)
-        assert type(got) is type(message)
-        assert self.client.state is self.server.state
-        return got
+Pair = ConnectionPair
 
 
 C, S = Role.CLIENT, Role.SERVER
