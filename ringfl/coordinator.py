@@ -103,6 +103,7 @@ class PoolItem:
     decided: trio.Event = field(default_factory=trio.Event)
     reason: Reason = Reason.ACCEPTED
     detail: str = ""
+    answers_round: int | None = None  # set when the upload answers the open round's start
 
 
 @dataclass
@@ -473,8 +474,18 @@ class Coordinator(SessionServer):
         await self._pool_send.send(item)  # backpressure: waits while the pool is full
         await item.decided.wait()
         accepted = item.reason is Reason.ACCEPTED
-        await session.stream.send(Ack(accepted=accepted, reason=ACK_REASON.get(item.reason, AckReason.INVALID),
-                                      ack_seq=upload.seq, detail=item.detail, round=self.round))
+        try:
+            await session.stream.send(Ack(accepted=accepted, reason=ACK_REASON.get(item.reason, AckReason.INVALID),
+                                          ack_seq=upload.seq, detail=item.detail, round=self.round))
+        finally:
+            self._answered(item)
+
+    def _answered(self, item: PoolItem) -> None:
+        """A selected peer counts as answered once its acknowledgement is on the wire: the round
+        may close now, and its next round start cannot overtake the acknowledgement."""
+        if item.answers_round == self.round and item.peer in self.selected:
+            self.answered.add(item.peer)
+            self.progress.notify()
 
     def _observe_pool(self) -> None:
         stats = self._pool_send.statistics()
@@ -507,7 +518,7 @@ class Coordinator(SessionServer):
         item.reason, item.detail = self._decide(item)
         self.pool_stats.count(item.reason)
         if item.peer in self.selected:
-            self.answered.add(item.peer)
+            item.answers_round = self.round
         if item.reason is Reason.ACCEPTED:
             self.version += 1
             return True

@@ -278,6 +278,8 @@ class PeerBase:
 class Peer(PeerBase):
     """A coordinator-mode participant: request, train, upload, repeat until the end of the run."""
 
+    _crossed: RoundStart | None = None  # a round start that arrived while a round was under way
+
     async def run(self) -> list[dict[str, Any]]:
         """Take part until the coordinator ends the run; returns per-round metrics."""
         self.local: np.ndarray | None = None
@@ -290,7 +292,8 @@ class Peer(PeerBase):
         try:
             await self.report_ready()
             while True:
-                message = await self.stream.receive(timeout=None)
+                message = self._crossed or await self.stream.receive(timeout=None)
+                self._crossed = None
                 if isinstance(message, EndOfRun):
                     break
                 if isinstance(message, RoundStart) and message.selected and message.round > self.last_round:
@@ -354,7 +357,8 @@ class Peer(PeerBase):
         return await self.train(start, round_)
 
     async def _expect(self, kind: type[Message]) -> Any:
-        """The next message of type ``kind``, skipping notifications that may cross it."""
+        """The next message of type ``kind``. Notifications may cross it: a round start that
+        overtook our acknowledgement is kept for after this round, anything else is skipped."""
         assert self.stream is not None
         while True:
             message = await self.stream.receive(timeout=None)
@@ -362,6 +366,8 @@ class Peer(PeerBase):
                 return message
             if isinstance(message, EndOfRun):
                 raise _RunEnded()
+            if isinstance(message, RoundStart):
+                self._crossed = message
 
 
 class _RunEnded(Exception):

@@ -312,3 +312,41 @@ async def test_max_parallel_starts_synchronous_rounds_in_groups():
     grouped, _ = await run_coordinator(demo_config(rounds=2, peers=4, min_peers=4, max_parallel=2))
     assert np.array_equal(together.algorithm.params, grouped.algorithm.params)
     assert grouped.history[-1]["participants"] == 4
+
+
+async def test_a_slow_write_ahead_log_does_not_let_the_next_round_overtake_the_ack(tmp_path, monkeypatch):
+    """The round closes only once every answer is acknowledged: with a slow disk (fsync), a round
+    start sent before an Ack used to be skipped by the peer, which then sat out a round."""
+    import time
+
+    from ringfl.wal import UpdateLog
+
+    append = UpdateLog.append
+
+    def slow_append(self, uploads):
+        time.sleep(0.2)
+        append(self, uploads)
+
+    monkeypatch.setattr(UpdateLog, "append", slow_append)
+    config = demo_config(rounds=3, peers=3, min_peers=3, round_timeout=30.0, algorithm="fedavg")
+    with trio.fail_after(60):  # a skipped round start would wait out two round timeouts
+        coordinator, peers = await run_coordinator(config, out_dir=tmp_path)
+    assert [r["participants"] for r in coordinator.history[1:]] == [3, 3, 3]
+    assert all([m["round"] for m in p.history] == [0, 1, 2] for p in peers)
+
+
+async def test_a_round_start_that_crosses_the_ack_is_kept_for_next():
+    """Another server may start the next round before acknowledging: the peer plays it after."""
+    from ringfl.peer import Peer, PeerOptions
+
+    class Scripted:
+        def __init__(self, *messages):
+            self.messages = list(messages)
+
+        async def receive(self, timeout=None):
+            return self.messages.pop(0)
+
+    peer = Peer(MemoryNetwork(), PeerOptions(coordinator="nowhere"))
+    peer.stream = Scripted(RoundStart(round=4, selected=True), PeerReport(metrics={}), Ack(accepted=True))
+    assert isinstance(await peer._expect(Ack), Ack)
+    assert peer._crossed is not None and peer._crossed.round == 4
