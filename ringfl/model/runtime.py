@@ -9,6 +9,7 @@ in-process peers share one network object.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -32,7 +33,7 @@ class MXNetThread:
         future = self._executor.submit(functools.partial(fn, *args, **kwargs))
         done = trio.Event()
         token = trio.lowlevel.current_trio_token()
-        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        future.add_done_callback(lambda _: _wake(token, done))
         await done.wait()  # the work itself cannot be cancelled once started; its result is kept
         return future.result()
 
@@ -42,6 +43,12 @@ class MXNetThread:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _wake(token: trio.lowlevel.TrioToken, done: trio.Event) -> None:
+    """Tell the awaiting task; if its trio run was cancelled and has ended meanwhile, nobody waits."""
+    with contextlib.suppress(trio.RunFinishedError):
+        token.run_sync_soon(done.set)
 
 
 _shared: MXNetThread | None = None
