@@ -95,6 +95,8 @@ class RunConfig:
     checkpoint_every: int = 1
     pool_size: int = 64  # gradient pool capacity (bounded: senders wait when it is full)
     max_parallel: int | None = None  # sync rounds: peers training at once (e.g. the cores); None: all
+    max_members: int | None = None  # distinct peer names admitted over the run; None: 4 × peers, at least 64
+    max_unjoined: int | None = None  # connections still joining; more are closed at once; None: max_members
     max_frame: int | None = None  # default follows the model size
     host: str = "127.0.0.1"
     port: int = 7001
@@ -171,6 +173,8 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (config.training.epochs >= 1, "training.epochs must be >= 1"),
         (config.pool_size >= 1, "pool_size must be >= 1"),
         (config.max_parallel is None or config.max_parallel >= 1, "max_parallel must be >= 1"),
+        (config.max_members is None or config.max_members >= config.peers, "max_members must be >= peers"),
+        (config.max_unjoined is None or config.max_unjoined >= 1, "max_unjoined must be >= 1"),
         (0 <= config.port <= 65535, "port must be in 0..65535"),
         (config.round_timeout > 0, "round_timeout must be > 0"),
         (config.order in ORDERS, f"order must be one of {', '.join(ORDERS)}"),

@@ -166,11 +166,19 @@ class SessionServer:
         self.progress = Progress()
         self.closed_bytes = [0, 0]  # (in, out) of sessions that ended
         self.running = True
+        self.unjoined = 0  # connections between accept and the end of their join
+        self.refused_connections = 0
         self.on_round: list[Callable[[dict[str, Any]], None]] = []
 
     # --- accepting ---------------------------------------------------------------------------
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        if self.unjoined >= (self.config.max_unjoined or self.member_cap()):  # a flood of idle connections
+            self.refused_connections += 1
+            log.info("refused a connection: %d are still joining (max_unjoined)", self.unjoined)
+            await trio.aclose_forcefully(stream)
+            return
+        self.unjoined += 1  # given back by _join, whatever its outcome
         # Non-finite values pass the codec here so the acceptance policy can answer with a reason.
         limits = dataclasses.replace(session_limits(self.num_params, self.config.max_frame), allow_nonfinite=True)
         conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id, limits=limits,
@@ -178,10 +186,7 @@ class SessionServer:
         messages = MessageStream(stream, conn, timeout=None)
         session: PeerSession | None = None
         try:
-            join = await messages.receive(timeout=30.0)
-            if not isinstance(join, JoinRequest):  # the state table allows nothing else first
-                return
-            session = await self._admit(messages, join, tls_identity(stream))
+            session = await self._join(messages, stream)
             if session is None:
                 return
             async for message in messages:
@@ -192,6 +197,16 @@ class SessionServer:
             if session is not None:
                 self._drop(session)
             await messages.aclose()
+
+    async def _join(self, messages: MessageStream, stream: trio.abc.Stream) -> PeerSession | None:
+        """The join handshake (1001, 1003); None if refused or abandoned."""
+        try:
+            join = await messages.receive(timeout=30.0)
+            if not isinstance(join, JoinRequest):  # the state table allows nothing else first
+                return None
+            return await self._admit(messages, join, tls_identity(stream))
+        finally:
+            self.unjoined -= 1
 
     async def _admit(self, messages: MessageStream, join: JoinRequest, identity: str | None) -> PeerSession | None:
         peer_id = join.sender or f"peer-{len(self.indices)}"
@@ -241,6 +256,9 @@ class SessionServer:
         old = self.sessions.get(peer_id)
         if (old is not None and old.alive) or peer_id in self.joining:
             return RejectReason.DUPLICATE_PEER, f"a peer named {peer_id!r} is already connected"
+        cap = self.member_cap()
+        if peer_id not in self.indices and len(self.indices) + len(self.joining) >= cap:
+            return RejectReason.RUN_FULL, f"the run admits {cap} peer names and has them all (max_members)"
         return None
 
     def _drop(self, session: PeerSession) -> None:
@@ -254,6 +272,11 @@ class SessionServer:
             self.progress.notify()
 
     # --- hooks ---------------------------------------------------------------------------
+
+    def member_cap(self) -> int:
+        """Distinct peer names admitted over the run: each is remembered (its index is
+        checkpointed), so names minted without end would grow the state without end."""
+        return self.config.max_members or max(4 * self.config.peers, 64)
 
     def accept_info(self, session: PeerSession) -> dict[str, Any]:
         """What a joining peer needs besides the spec: hyperparameters, its index, the run shape."""
@@ -692,6 +715,7 @@ class Coordinator(SessionServer):
             "bytes_in": last.get("bytes_in"), "bytes_out": last.get("bytes_out"),
             "accepted": self.pool_stats.applied, "rejected": self.pool_stats.rejected,
             "rejected_reasons": dict(self.pool_stats.reasons), "peers": sorted(self.indices),
+            "refused_connections": self.refused_connections,
             "wall_time_s": round(time.perf_counter() - self.started, 3),
             "model": self.spec.name, "num_params": self.num_params, "spec_hash": self.spec.hash,
         }

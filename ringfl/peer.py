@@ -53,7 +53,7 @@ from ringfl.protocol import (
     SpecReply,
     Upload,
 )
-from ringfl.transport import ConnectError, MessageStream, Network, PeerError, dial
+from ringfl.transport import ConnectError, MessageStream, Network, PeerClosedError, PeerError, dial
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,8 @@ class PeerBase:
 
     async def join(self, address: str = "", num_samples: int = 0) -> RunInfo:
         """1001 → Accept, 1003 → SpecReply; loads the model and the peer's data."""
-        self.stream = await self._dial_coordinator()
-        await self.stream.send(JoinRequest(address=address, num_samples=num_samples))
         try:
-            reply = await self.stream.receive(timeout=60.0)
+            reply = await self._request_join(JoinRequest(address=address, num_samples=num_samples))
         except (RemoteProtocolError, PeerError) as exc:  # e.g. a wrong or missing run token
             raise JoinRefused(f"join failed: {exc}") from None
         if isinstance(reply, Reject):
@@ -186,18 +184,22 @@ class PeerBase:
             self.data = self._load_data(self.run_info)
         return self.run_info
 
-    async def _dial_coordinator(self) -> MessageStream:
-        """Connect, retrying for ``connect_wait`` seconds: peers may start before the coordinator."""
+    async def _request_join(self, join: JoinRequest) -> Message:
+        """Connect and send 1001, retrying for ``connect_wait`` seconds: peers may start before the
+        coordinator, and a coordinator with all join slots busy closes new connections unanswered."""
         deadline = trio.current_time() + self.options.connect_wait
         delay = 0.1
         while True:
             conn = Connection(Role.CLIENT, local_id=self.name, run_id=self.options.run_id,
                               token=self.options.token)
             try:
-                return await dial(self.network, self.options.coordinator, conn, timeout=None)
-            except ConnectError:
+                self.stream = await dial(self.network, self.options.coordinator, conn, timeout=None)
+                await self.stream.send(join)
+                return await self.stream.receive(timeout=60.0)
+            except (ConnectError, PeerClosedError, trio.BrokenResourceError):
                 if trio.current_time() + delay > deadline:
                     raise
+                await close_forcefully([self.stream])
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

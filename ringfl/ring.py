@@ -121,6 +121,9 @@ class Bootstrap(SessionServer):
             return RejectReason.INCOMPATIBLE, "a ring peer must report the address it listens on"
         return super().join_refusal(peer_id, join)
 
+    def member_cap(self) -> int:
+        return self.topology.n  # only the topology's names join
+
     def accept_info(self, session: PeerSession) -> dict[str, Any]:
         info = super().accept_info(session)
         session.index = self.labels.index(session.peer_id)  # the topology decides the index

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from ringfl.acceptance import AcceptancePolicy, Reason
 from ringfl.config import AcceptanceConfig
@@ -20,6 +21,7 @@ from ringfl.protocol import (
     Limits,
     PeerReport,
     Reject,
+    RejectReason,
     Role,
     RoundStart,
     SpecConfirm,
@@ -350,3 +352,48 @@ async def test_a_round_start_that_crosses_the_ack_is_kept_for_next():
     peer.stream = Scripted(RoundStart(round=4, selected=True), PeerReport(metrics={}), Ack(accepted=True))
     assert isinstance(await peer._expect(Ack), Ack)
     assert peer._crossed is not None and peer._crossed.round == 4
+
+
+async def test_the_run_admits_a_bounded_number_of_peer_names():
+    """Every admitted name is remembered and checkpointed: past max_members new names are refused,
+    while a name the run knows may always come back."""
+    network = MemoryNetwork()
+    coordinator = Coordinator(demo_config(peers=2, max_members=2, rounds=1, join_timeout=30.0), network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        alice = RawClient(network, address, "alice")
+        await alice.join()
+        await RawClient(network, address, "bob").join()
+        refused = await RawClient(network, address, "carol").join()
+        assert isinstance(refused, Reject) and refused.reason == RejectReason.RUN_FULL
+        assert "max_members" in refused.detail
+        await alice.stream.aclose()
+        with trio.fail_after(5):
+            while "alice" in coordinator.sessions:
+                await trio.sleep(0.01)
+        assert isinstance(await RawClient(network, address, "alice").join(), Accept)
+        nursery.cancel_scope.cancel()
+    assert sorted(coordinator.indices) == ["alice", "bob"]
+
+
+async def test_connections_that_never_join_are_capped():
+    """Idle connections hold a slot until their join deadline; past max_unjoined new ones are closed
+    at once. An honest peer that meets a full house retries and joins once a slot frees up."""
+    from ringfl.peer import Peer, PeerOptions
+
+    network = MemoryNetwork()
+    coordinator = Coordinator(demo_config(peers=1, max_unjoined=1, rounds=1, join_timeout=30.0), network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        idle = await network.connect(address)
+        await trio.testing.wait_all_tasks_blocked()
+        extra = await network.connect(address)
+        with trio.fail_after(5):
+            assert await extra.receive_some() == b""  # closed without a word
+        peer = Peer(network, PeerOptions(coordinator=address, name="honest", run_id="test"))
+        nursery.start_soon(peer.run)
+        with trio.fail_after(5):
+            while coordinator.refused_connections < 2:  # the peer was turned away too
+                await trio.sleep(0.01)
+        await idle.aclose()
+    assert coordinator.round == 1 and len(peer.history) == 1
