@@ -335,6 +335,8 @@ class RingPeer(PeerBase):
         self.inbox: dict[tuple[int, int], list[tuple[int, GossipMessage]]] = defaultdict(list)
         self.inbox_changed = trio.Event()
         self.out_streams: dict[int, MessageStream] = {}
+        self.unsynced: set[int] = set()  # out-neighbours whose copy of our gossip state may be wrong
+        self.algorithm: GossipAlgorithm | None = None
         self.in_streams: list[MessageStream] = []
         self.schedule = trio.Event()
         self.asynchronous = False  # order: async — mix what has arrived, never wait for neighbours
@@ -492,7 +494,7 @@ class RingPeer(PeerBase):
             self.round_in_progress = round_ + 1
             self._switch_links(round_ + 1)
             if algorithm is None or self.links.changed:
-                algorithm = self._new_algorithm(algorithm, params)
+                algorithm = self.algorithm = self._new_algorithm(algorithm, params)
             before = params
             after, loss = await self.train(before, round_ + 1)
             try:
@@ -519,6 +521,7 @@ class RingPeer(PeerBase):
         algorithm = make_gossip_algorithm(run.algorithm, self._self_node(), run.num_params, run.settings,
                                           weights, initial=params)
         if old is not None:
+            self.unsynced |= set(self.links.dial)  # rebuilt state: tell every neighbour where it stands
             try:
                 algorithm.load_state(old.state())
             except (KeyError, ValueError):
@@ -537,14 +540,26 @@ class RingPeer(PeerBase):
         """One 1004 per message to neighbour ``node``; a dead neighbour is skipped (it is re-linked)."""
         try:
             stream = await self._out_stream(node, address)
-            for message in messages:
+            delivered = True
+            for message in self._with_resync(node, messages):
                 await stream.send(_to_upload(message, self.label_of.get(message.origin, self.name), round_, step))
                 ack = await stream.receive(timeout=self._deadline())
                 if isinstance(ack, Ack) and not ack.accepted:
+                    delivered = False
                     log.info("peer %s: neighbour %s refused an update (%s)", self.name, node, ack.detail)
+            if delivered:
+                self.unsynced.discard(node)
+            else:
+                self.unsynced.add(node)
         except (*CONNECTION_ERRORS, OSError) as exc:
             log.info("peer %s: neighbour %s unreachable: %s", self.name, node, exc)
+            self.unsynced.add(node)
             await self._drop_out(node)
+
+    def _with_resync(self, node: int, messages: list[GossipMessage]) -> list[GossipMessage]:
+        """A neighbour that may have missed something gets our whole state instead (CHOCO)."""
+        snapshot = self.algorithm.snapshot() if node in self.unsynced and self.algorithm else None
+        return messages if snapshot is None else [snapshot]
 
     async def _out_stream(self, node: int, address: str) -> MessageStream:
         stream = self.out_streams.get(node)
@@ -562,6 +577,8 @@ class RingPeer(PeerBase):
         if not (isinstance(reply, SpecReply) and reply.ok):
             raise ConnectionError(f"neighbour {node} runs another model")
         self.out_streams[node] = stream
+        if self.round_in_progress > 1:
+            self.unsynced.add(node)  # a link (re)opened mid-run: the copies at its ends may differ
         return stream
 
     async def _dial_neighbour(self, address: str) -> MessageStream:
@@ -597,6 +614,7 @@ class RingPeer(PeerBase):
         deadline = trio.current_time() + self._deadline()
         fed: set[int] = set()
         while True:
+            self._take_late(algorithm, (round_, step))
             for sender, message in self.inbox.pop((round_, step), []):
                 fed.add(message.origin)
                 forward = algorithm.incoming(sender, message)
@@ -609,6 +627,14 @@ class RingPeer(PeerBase):
                 return
             with trio.move_on_at(deadline):
                 await self.inbox_changed.wait()
+
+    def _take_late(self, algorithm: GossipAlgorithm, current: tuple[int, int]) -> None:
+        """Messages for exchanges already closed: CHOCO still folds them into its public copies
+        (or they would drift apart); the others drop them (stale, and the inbox would only grow)."""
+        for key in [key for key in self.inbox if key < current]:
+            for sender, message in self.inbox.pop(key):
+                if algorithm.keeps_copies:
+                    algorithm.incoming(sender, message)
 
     async def _take_whatever_arrived(self, algorithm: GossipAlgorithm, round_: int) -> None:
         """Asynchronous mode: mix the newest update from each neighbour, whatever its round, and
@@ -702,8 +728,10 @@ def _to_upload(message: GossipMessage, origin: str, round_: int, step: int) -> U
     """A gossip message as a 1004 upload; ``info`` names its origin by topology label."""
     vector = message.vector
     full = vector.nnz == vector.size  # θu = 1: raw floats beat a bitmap of all ones
-    return Upload(round=round_, vector=vector.values if full else vector, kind="gossip",
-                  info={"origin": origin, "step": step, "hop": message.hop, "weight": message.weight})
+    info = {"origin": origin, "step": step, "hop": message.hop, "weight": message.weight}
+    if message.snapshot:
+        info["snapshot"] = True
+    return Upload(round=round_, vector=vector.values if full else vector, kind="gossip", info=info)
 
 
 def _from_upload(upload: Upload, node_of: dict[str, int]) -> GossipMessage:
@@ -713,4 +741,4 @@ def _from_upload(upload: Upload, node_of: dict[str, int]) -> GossipMessage:
     info = upload.info
     return GossipMessage(origin=node_of[str(info["origin"])], round=upload.round, vector=vector,
                          step=int(info.get("step", 0)), hop=int(info.get("hop", 1)),
-                         weight=float(info.get("weight", 1.0)))
+                         weight=float(info.get("weight", 1.0)), snapshot=info.get("snapshot") is True)

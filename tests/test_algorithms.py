@@ -401,6 +401,26 @@ def test_choco_public_copies_stay_consistent_with_late_messages() -> None:
     np.testing.assert_array_equal(c.neighbour_public[1], a.neighbour_public[1])
 
 
+def test_choco_snapshot_resynchronises_a_copy_after_a_lost_message() -> None:
+    """A lost q leaves the receiver's copy apart for good; the sender's snapshot (its whole public
+    copy, this exchange's q included) replaces it, and the lost q arriving after all is ignored."""
+    s = AlgorithmSettings(theta_u=0.5, choco_steps=2)
+    a = make_gossip_algorithm("choco", 0, 4, s, {1: 0.5})
+    b = make_gossip_algorithm("choco", 1, 4, s, {0: 0.5})
+    rng = RNG(0)
+    (lost,) = a.outgoing(np.zeros(4), np.array([4, 3, 2, 1], np.float32), 0, rng)
+    a.mix()
+    assert not np.array_equal(b.neighbour_public[0], a.public)
+    a.next_outgoing(rng)
+    snapshot = a.snapshot()
+    assert snapshot.snapshot and snapshot.vector.nnz == 4 and snapshot.step == 1
+    b.incoming(0, snapshot)
+    np.testing.assert_array_equal(b.neighbour_public[0], a.public)
+    b.incoming(0, lost)  # it turns up after all: already contained in the snapshot
+    np.testing.assert_array_equal(b.neighbour_public[0], a.public)
+    assert make_gossip_algorithm("gossip-dssgd", 0, 4, s, {1: 0.5}).snapshot() is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Convergence with a training loop: least squares over 10 peers, 20 samples each for 40
 # unknowns, so no peer can solve the problem alone.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import trio
 
@@ -66,16 +67,19 @@ def test_neighbour_lists_and_expected_origins():
     assert links["1"].address and links["1"].weight == 0  # out-neighbour: dialled, not mixed
 
 
-async def test_a_peer_that_dies_is_routed_around_and_re_links_when_it_returns():
+@pytest.mark.parametrize("algorithm", ["gossip-dssgd", "choco"])
+async def test_a_peer_that_dies_is_routed_around_and_re_links_when_it_returns(algorithm):
     ring = generate("ring", 6)
     network = MemoryNetwork()
-    config = demo_config(algorithm="gossip-dssgd", rounds=6, round_timeout=3.0,
-                         algorithm_settings={"theta_u": 0.1})
+    config = demo_config(algorithm=algorithm, rounds=6, round_timeout=3.0,
+                         algorithm_settings={"theta_u": 0.1, "choco_gamma": 0.5})
     bootstrap = Bootstrap(config, network, topology=ring)
+    peers: dict[str, RingPeer] = {}
 
     def peer(label):
-        return RingPeer(network, PeerOptions(coordinator=address, name=label, peers=6, index=int(label),
-                                             run_id="test", eval_samples=100))
+        peers[label] = RingPeer(network, PeerOptions(coordinator=address, name=label, peers=6, index=int(label),
+                                                     run_id="test", eval_samples=100))
+        return peers[label]
 
     async def wait_for(condition):
         with trio.fail_after(60):
@@ -100,6 +104,10 @@ async def test_a_peer_that_dies_is_routed_around_and_re_links_when_it_returns():
     assert [r["round"] for r in history] == [1, 2, 3, 4, 5, 6]
     assert history[2]["dead"] == ["2"] and history[2]["peers_reporting"] == 5
     assert history[-1]["dead"] == [] and history[-1]["peers_reporting"] == 6  # re-linked
+    if algorithm == "choco":  # lost messages and rebuilt state were resynchronised: copies agree
+        for label, p in peers.items():
+            for j, copy in p.algorithm.neighbour_public.items():
+                np.testing.assert_array_equal(copy, peers[p.label_of[j]].algorithm.public, f"{label}'s copy of {j}")
 
 
 async def test_ring_without_a_bootstrap_uses_the_topology_addresses_and_a_run_config():

@@ -13,9 +13,12 @@ feedback plain top-k gossip lacks). The reference order "mix, compress, send, th
 same sequence started at a different point.
 
 Delivery: a q_j is folded into x̂_j whenever it arrives, even after that exchange was mixed, so a
-late message never desynchronises the copies; the transport must not lose or duplicate messages
-(duplicates by (sender, round, step) are ignored). A neighbour whose q did not arrive for the
-current exchange is left out of that mix, its weight renormalised away.
+late message never desynchronises the copies (duplicates by (sender, round, step) are ignored). A
+neighbour whose q did not arrive for the current exchange is left out of that mix, its weight
+renormalised away. A lost q would leave the copies apart for good, so whenever a sender cannot be
+sure a neighbour's copy matches (a new or re-opened link, a send that failed, state rebuilt after
+re-linking) it sends that neighbour a :meth:`snapshot` instead: the whole x̂_i after this exchange's
+q, which the receiver adopts; q's from before it are then ignored.
 
 ``initial``: pass the common starting vector when every peer starts from the same one (same init
 seed) so the public copies start there instead of at 0 and the first exchanges do not have to
@@ -33,6 +36,7 @@ from ringfl.algorithms.base import AlgorithmSettings, selection_count
 from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage
 from ringfl.algorithms.selection import top_k
 from ringfl.errors import ConfigError
+from ringfl.vectors import SparseVector
 
 if TYPE_CHECKING:
     from ringfl.privacy.ledger import PrivacyLedger
@@ -42,6 +46,7 @@ class ChocoGossip(GossipAlgorithm):
     """One peer's CHOCO state: its model x and the public copies x̂ of itself and its neighbours."""
 
     name: ClassVar[str] = "choco"
+    keeps_copies: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -69,6 +74,7 @@ class ChocoGossip(GossipAlgorithm):
         self.k = selection_count(self.n_params, settings.theta_u)
         self._seen: set[tuple[int, int, int]] = set()
         self._delivered: dict[tuple[int, int], set[int]] = {}
+        self._synced_at: dict[int, tuple[int, int]] = {}  # sender -> (round, step) of its last snapshot
 
     @property
     def steps(self) -> int:
@@ -108,12 +114,21 @@ class ChocoGossip(GossipAlgorithm):
             return []
         self._check(sender, message)
         key = (sender, message.round, message.step)
-        if key in self._seen:
-            return []
+        if message.snapshot:
+            self.neighbour_public[sender] = message.vector.to_dense()
+            self._synced_at[sender] = (message.round, message.step)
+        elif key in self._seen or (message.round, message.step) <= self._synced_at.get(sender, (-1, -1)):
+            return []  # a duplicate, or already contained in a snapshot
+        else:
+            message.vector.add_to(self.neighbour_public[sender])
         self._seen.add(key)
-        message.vector.add_to(self.neighbour_public[sender])
         self._delivered.setdefault((message.round, message.step), set()).add(sender)
         return []
+
+    def snapshot(self) -> GossipMessage:
+        """x̂_i as it stands after this exchange's q (so it replaces that q for the receiver)."""
+        vector = SparseVector(self.n_params, np.arange(self.n_params, dtype=np.uint32), self.public.copy())
+        return GossipMessage(self.peer_id, self.round, vector, step=self.step, snapshot=True)
 
     def mix(self) -> np.ndarray:
         """x += γc Σ_j w_ij (x̂_j − x̂_i) over the neighbours that delivered this exchange."""
@@ -139,5 +154,6 @@ class ChocoGossip(GossipAlgorithm):
 
         self.public = load("choco_public")
         self.x = load("choco_x")
-        for j in self.neighbour_public:
-            self.neighbour_public[j] = load(f"choco_public_{j}")
+        for j in self.neighbour_public:  # a new neighbour's copy stays as it is until its snapshot
+            if f"choco_public_{j}" in state:
+                self.neighbour_public[j] = load(f"choco_public_{j}")

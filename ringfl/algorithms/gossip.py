@@ -70,12 +70,14 @@ class GossipMessage:
     step: int = 0
     hop: int = 1
     weight: float = 1.0
+    snapshot: bool = False  # the sender's whole public copy (CHOCO resync): replaces, never adds
 
 
 class GossipAlgorithm(ABC):
     """One peer's gossip strategy (see the module docstring for the driving loop)."""
 
     name: ClassVar[str]
+    keeps_copies: ClassVar[bool] = False  # state mirrored at the neighbours: late messages still count
 
     def __init__(
         self,
@@ -131,6 +133,11 @@ class GossipAlgorithm(ABC):
     def next_outgoing(self, rng: np.random.Generator) -> list[GossipMessage]:
         """Messages of the next exchange of this round ([] once the round's exchanges are done)."""
         return []
+
+    def snapshot(self) -> GossipMessage | None:
+        """What to send, instead of this exchange's messages, to a neighbour whose copy of this
+        peer's state may be wrong (a new link, a lost message); None: nothing is kept in copies."""
+        return None
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint between rounds (CHOCO's public copies)."""
