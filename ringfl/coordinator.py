@@ -59,6 +59,7 @@ from ringfl.protocol import (
     Upload,
 )
 from ringfl.transport import CONNECTION_ERRORS, MessageStream, Network
+from ringfl.vectors import scaled
 from ringfl.wal import UpdateLog
 
 log = logging.getLogger(__name__)
@@ -579,6 +580,8 @@ class Coordinator(SessionServer):
         epsilon = self.settings.epsilon or 0.0
         if epsilon and not ledger.can_spend(epsilon):
             return Reason.BUDGET_SPENT, f"privacy budget {self.settings.budget} spent"
+        if self.order == "async" and self.settings.async_scale == "peers":
+            item.vector = scaled(item.vector, 1.0 / max(1, len(self.alive())))  # logged as applied
         try:
             self.algorithm.submit(Update(item.peer, item.round, item.vector, item.num_samples))
         except InvalidUpdate as exc:

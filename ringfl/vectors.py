@@ -96,6 +96,13 @@ Vector = np.ndarray | SparseVector
 """What an update carries: a dense float32 vector or a sparse selection."""
 
 
+def scaled(vector: Vector, factor: float) -> Vector:
+    """``factor × vector``, keeping a sparse vector's indices."""
+    if isinstance(vector, SparseVector):
+        return SparseVector(vector.size, vector.indices, vector.values * np.float32(factor))
+    return np.asarray(vector, np.float32) * np.float32(factor)
+
+
 def as_dense(vector: Vector) -> np.ndarray:
     """A dense float32 copy-or-view of ``vector``."""
     if isinstance(vector, SparseVector):

@@ -397,3 +397,29 @@ async def test_connections_that_never_join_are_capped():
                 await trio.sleep(0.01)
         await idle.aclose()
     assert coordinator.round == 1 and len(peer.history) == 1
+
+
+@pytest.mark.parametrize(("scale", "expected"), [("sum", 1.0), ("peers", 0.5)])
+async def test_async_scale_divides_uploads_by_the_live_peers(scale, expected, tmp_path):
+    """order: async adds each upload as it comes (the paper); async_scale: peers averages steps
+    that live peers computed at the same time instead, and logs what it applied."""
+    settings = {"theta_u": 1.0, "async_scale": scale}
+    config = demo_config(algorithm="dssgd", order="async", peers=2, rounds=2, algorithm_settings=settings)
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network, tmp_path)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        first, second = RawClient(network, address, "a"), RawClient(network, address, "b")
+        await first.join()
+        await second.join()
+        start = await first.next_round()
+        before = coordinator.algorithm.params.copy()
+        n = first.num_params
+        step = SparseVector(n, np.array([0, 1], np.uint32), np.ones(2, np.float32))
+        assert (await first.upload(step, start.round)).accepted
+        nursery.cancel_scope.cancel()
+    np.testing.assert_allclose(coordinator.algorithm.params[:2] - before[:2], expected, rtol=1e-6)
+    from ringfl.wal import UpdateLog
+
+    (logged,) = UpdateLog(tmp_path / "updates.wal", n).read()  # a resume replays what was applied
+    assert logged.vector.values.tolist() == [expected, expected]

@@ -28,6 +28,7 @@ from ringfl.vectors import SparseVector, Vector
 SELECTIONS = ("topk", "random-threshold")
 ROBUST_RULES = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
 GOSSIP_MIXES = ("add", "difference")
+ASYNC_SCALES = ("sum", "peers")
 
 
 class InvalidUpdate(ValueError):
@@ -92,6 +93,7 @@ _RULES: dict[str, _Rule] = {
     "server_lr": (_number, lambda v: 0 < v < math.inf, "a positive number"),
     "hops": (_integer, lambda v: v >= 1, ">= 1"),
     "gossip_mix": (_choice(GOSSIP_MIXES), None, ""),
+    "async_scale": (_choice(ASYNC_SCALES), None, ""),
     "choco_gamma": (_number, lambda v: 0 < v <= 1, "in (0, 1]"),
     "choco_steps": (_integer, lambda v: v >= 1, ">= 1"),
     "robust": (_choice(ROBUST_RULES), None, ""),
@@ -119,6 +121,9 @@ class AlgorithmSettings:
       dp_delta: δ' of the advanced-composition bound the ledger reports.
     DSSGD server:
       stat_decay: β; ``stat *= β`` before each upload's ``stat[idx] += 1``.
+      async_scale: order async only. "sum" (the paper: every upload is added as it is) or "peers"
+        (each upload is divided by the number of live peers: steps computed at the same time from
+        the same model are averaged instead of summed, which diverges at ordinary learning rates).
     FedAvg / FedSGD server:
       sample_cap: cap on client-reported sample counts; None = the round's median count.
       server_lr: FedAvg ``w += lr · mean Δ``; FedSGD ``w -= lr · mean gradient``.
@@ -139,6 +144,7 @@ class AlgorithmSettings:
     budget: float | None = None
     dp_delta: float = 1e-5
     stat_decay: float = 1.0
+    async_scale: str = "sum"
     sample_cap: int | None = None
     server_lr: float = 1.0
     hops: int = 2
