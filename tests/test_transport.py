@@ -356,3 +356,111 @@ def test_addresses_parse_and_format() -> None:
     for bad in ("localhost", ":80", "host:", "host:99999", "host:x"):
         with pytest.raises(AddressError):
             parse_address(bad)
+
+
+# --- in-memory backpressure ---------------------------------------------------------------------
+
+
+async def serve_and_connect(
+    network: MemoryNetwork, nursery: trio.Nursery
+) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """A memory connection whose server end is handed back unread (the handler just waits)."""
+    accepted: list[trio.abc.Stream] = []
+
+    async def hold(stream: trio.abc.Stream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    address = await nursery.start(network.serve, "", hold)
+    client = await network.connect(address)
+    await trio.testing.wait_all_tasks_blocked()
+    return client, accepted[0]
+
+
+async def test_memory_send_waits_for_a_stalled_reader(autojump_clock: trio.abc.Clock) -> None:
+    limit = 64 << 10
+    data = bytes(range(256)) * (3 * limit // 256)  # three buffers' worth
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        client, server = await serve_and_connect(MemoryNetwork(buffer_bytes=limit), nursery)
+
+        async def send() -> None:
+            await client.send_all(data)
+            done.set()
+
+        nursery.start_soon(send)
+        await trio.sleep(60)  # the reader reads nothing for a minute: the sender stays stuck
+        assert not done.is_set()
+        received = bytearray(await server.receive_some())
+        assert len(received) == limit  # exactly one buffer's worth was let through
+        while len(received) < len(data):
+            received += await server.receive_some(10_000)
+        await done.wait()
+        assert received == data
+        nursery.cancel_scope.cancel()
+
+
+async def test_memory_frame_larger_than_the_buffer_reaches_an_active_reader() -> None:
+    limit = 4096
+    data = np.arange(limit, dtype=np.int64).tobytes()  # 8 buffers' worth in one send_all
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            client, server = await serve_and_connect(MemoryNetwork(buffer_bytes=limit), nursery)
+            nursery.start_soon(client.send_all, data)
+            received = bytearray()
+            while len(received) < len(data):
+                received += await server.receive_some()
+            assert received == data
+            nursery.cancel_scope.cancel()
+    await run_session(MemoryNetwork(buffer_bytes=1000), "small")  # 40 kB Params messages
+
+
+async def test_memory_send_deadline_fires_on_a_stalled_reader(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        raw, raw_server = await serve_and_connect(MemoryNetwork(buffer_bytes=16 << 10), nursery)
+        client = MessageStream(raw, Connection(Role.CLIENT), timeout=None)
+        server = MessageStream(raw_server, Connection(Role.SERVER))
+        await join(client, server)  # then the server stops reading
+        await client.send(PeerReport(metrics={"small": 1}), timeout=1)  # fits: returns at once
+        with pytest.raises(DeadlineError, match="sending report took longer than 2 s"):
+            await client.send(PeerReport(metrics={"blob": "x" * 40_000}), timeout=2)
+        assert trio.current_time() == pytest.approx(2)
+        with pytest.raises(trio.ClosedResourceError):  # the partial frame closed the stream
+            await raw.send_all(b"x")
+        assert (await server.receive()).metrics == {"small": 1}  # what was buffered still arrives
+        with pytest.raises(RemoteProtocolError):  # then the cut-off frame
+            await server.receive()
+        nursery.cancel_scope.cancel()
+
+
+async def test_memory_stream_close_and_eof_behave_like_a_socket() -> None:
+    async with trio.open_nursery() as nursery:
+        client, server = await serve_and_connect(MemoryNetwork(buffer_bytes=4), nursery)
+        await client.send_all(b"hi")
+        assert isinstance(client, trio.abc.HalfCloseableStream)
+        await client.send_eof()
+        with pytest.raises(trio.ClosedResourceError):
+            await client.send_all(b"more")
+        assert await server.receive_some() == b"hi"
+        assert await server.receive_some() == b""  # EOF, and again
+        assert await server.receive_some() == b""
+        await server.send_all(b"back")  # the other direction still works
+        assert await client.receive_some(3) == b"bac"
+
+        async def blocked_send() -> None:
+            with pytest.raises(trio.BrokenResourceError):  # woken by the reader's close
+                await server.send_all(b"blocked")  # 1 + 7 bytes > 4: waits for the reader
+
+        nursery.start_soon(blocked_send)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await server.send_all(b"x")
+        await client.aclose()
+        await client.aclose()  # idempotent
+        with pytest.raises(trio.ClosedResourceError):
+            await client.receive_some()
+        with pytest.raises(trio.BrokenResourceError):
+            await server.send_all(b"x")  # the reader is gone
+        nursery.cancel_scope.cancel()
