@@ -321,6 +321,16 @@ def _refuse_existing(files: Sequence[Path], what: str) -> None:
                               "(use force to replace it)")
 
 
+def write_secret(path: Path, data: bytes, *, force: bool = False) -> Path:
+    """A secret (a run token, a peer token) written 0600, never over an existing file unless forced."""
+    if not force:
+        _refuse_existing([path], "a secret")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: the folder {path.parent} does not exist")
+    _write(path, data, 0o600)
+    return path
+
+
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Write atomically; the temporary file is 0600 from creation so a key is never exposed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -254,6 +254,40 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    import secrets
+
+    from ringfl.certs import write_secret
+    from ringfl.errors import ConfigError
+    from ringfl.protocol.auth import peer_token
+
+    if args.token_command == "new":
+        path = write_secret(Path(args.file), secrets.token_hex(32).encode() + b"\n", force=args.force)
+        print(f"run token written to {path} (mode 0600)")
+        return 0
+    run_token = load_token(args.token_file)
+    if run_token is None:
+        raise ConfigError("no run token to derive from: pass --token-file or set $RINGFL_TOKEN")
+    path = write_secret(Path(args.out), peer_token(run_token, args.name) + b"\n", force=args.force)
+    print(f"token of peer {args.name!r} written to {path} (mode 0600): it joins a coordinator with "
+          f"token_per_peer: true as --name {args.name} --token-file {path}, and as nobody else")
+    return 0
+
+
+def _add_token(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("token", help="run tokens: a shared secret, or per-peer tokens derived from it")
+    tsub = p.add_subparsers(dest="token_command", required=True)
+    new = tsub.add_parser("new", help="write a new random run token to FILE")
+    new.add_argument("file")
+    peer = tsub.add_parser("peer", help="derive the token of peer NAME (for token_per_peer: true)")
+    peer.add_argument("name")
+    peer.add_argument("--token-file", help="the run token (default: $RINGFL_TOKEN)")
+    peer.add_argument("--out", required=True, help="where to write the peer's token")
+    for parser in (new, peer):
+        parser.add_argument("--force", action="store_true", help="replace an existing file")
+        parser.set_defaults(handler=_cmd_token)
+
+
 def _add_certs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("certs", help="create a CA and certificates for (mutual) TLS")
     csub = p.add_subparsers(dest="certs_command", required=True)
@@ -388,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_coordinator, _add_peer, _add_experiment, _add_train, _add_model, _add_protocol,
-                _add_topology, _add_certs):
+                _add_topology, _add_certs, _add_token):
         add(sub)
     return parser
 

@@ -102,6 +102,7 @@ class RunConfig:
     port: int = 7001
     topology: str | None = None  # ring/topology mode: a topology file
     token_file: str | None = None  # run token (pre-shared secret) file; else $RINGFL_TOKEN; else none
+    token_per_peer: bool = False  # peers prove peer_token(run token, their id): a token joins as its id only
     training: TrainingConfig = field(default_factory=TrainingConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
@@ -178,6 +179,8 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (0 <= config.port <= 65535, "port must be in 0..65535"),
         (config.round_timeout > 0, "round_timeout must be > 0"),
         (config.order in ORDERS, f"order must be one of {', '.join(ORDERS)}"),
+        (not (config.token_per_peer and config.topology),
+         "token_per_peer works in coordinator mode only (ring neighbours prove the run token to each other)"),
         (0.0 <= config.byzantine.fraction < 1.0, "byzantine.fraction must be in [0, 1)"),
         (not config.tls.allow or config.tls.require_client_cert,
          "tls.allow needs tls.require_client_cert: true (only client certificates carry a name)"),

@@ -162,6 +162,9 @@ class SessionServer:
         self.order = config.order  # the coordinator resolves "auto" for its algorithm
         self.joining: set[str] = set()  # names between their join and their spec reply
         self.token = load_token(config.token_file)
+        if config.token_per_peer and (self.token is None or self.mode != "coordinator"):
+            raise ConfigError("token_per_peer needs a run token (token_file or $RINGFL_TOKEN) and coordinator "
+                              "mode (ring neighbours prove the run token to each other)")
         self.indices: dict[str, int] = {}  # peer name -> stable index (partition, topology node)
         self.next_index = 0
         self.progress = Progress()
@@ -183,7 +186,7 @@ class SessionServer:
         # Non-finite values pass the codec here so the acceptance policy can answer with a reason.
         limits = dataclasses.replace(session_limits(self.num_params, self.config.max_frame), allow_nonfinite=True)
         conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id, limits=limits,
-                          token=self.token)
+                          token=self.token, per_peer_tokens=self.config.token_per_peer)
         messages = MessageStream(stream, conn, timeout=None)
         session: PeerSession | None = None
         try:

@@ -45,6 +45,7 @@ from ringfl.protocol import (
     check_token,
     decode,
     encode,
+    peer_token,
 )
 from ringfl.transport import MessageStream, PeerClosedError, PeerError, TcpNetwork, dial
 from ringfl.vectors import SparseVector
@@ -190,6 +191,40 @@ def test_nonces_are_fresh_per_session() -> None:
     first.handshake()
     second.handshake()
     assert keys_of(first)[0] != keys_of(second)[0]
+
+
+# --- per-peer tokens ---------------------------------------------------------------------------
+
+
+def per_peer(client_id: str, client_token: bytes) -> Pair:
+    """A client named ``client_id`` against a server that expects per-peer tokens."""
+    pair = Pair()
+    pair.client = Connection(Role.CLIENT, local_id=client_id, token=client_token)
+    pair.server = Connection(Role.SERVER, local_id="coord", run_id="run-7", token=TOKEN, per_peer_tokens=True)
+    return pair
+
+
+def test_a_peer_token_joins_under_its_own_id_only() -> None:
+    alice = peer_token(TOKEN, "alice")
+    assert alice == hmac.new(TOKEN, b"ringfl-peer-key" + b"alice", "sha256").hexdigest().encode()
+    pair = per_peer("alice", alice)
+    session(pair)
+    assert pair.server.authenticated and pair.client.authenticated and pair.server.peer_id == "alice"
+    for name, token in (("bob", alice), ("alice", TOKEN)):  # another id, or the bare run token
+        pair = per_peer(name, token)
+        pair.say(C, JoinRequest())
+        pair.post(S, Accept(num_params=SIZE, spec_hash="h"))
+        with pytest.raises(RemoteProtocolError, match="server's proof does not match") as info:
+            pair.deliver(S)
+        assert info.value.code is ErrorCode.AUTH
+
+
+def test_per_peer_tokens_need_a_named_join() -> None:
+    pair = per_peer("", peer_token(TOKEN, ""))
+    pair.post(C, JoinRequest())
+    with pytest.raises(RemoteProtocolError, match="must name its sender") as info:
+        pair.deliver(C)
+    assert info.value.code is ErrorCode.AUTH
 
 
 # --- who does not know the token --------------------------------------------------------------

@@ -19,6 +19,8 @@ BAD_FILES = {
     "not-json.json": "{oops",
     "pool-too-small.json": '{"input_shape": [1, 4, 4], "layers": [{"type": "maxpool", "pool": 5}, {"type": "dense", "units": 10}]}',
     "no-xy.npz": None,
+    "per-peer-no-token.yaml": "token_per_peer: true\n",
+    "members-below-peers.yaml": "peers: 8\nmax_members: 4\n",
 }
 
 CASES = [
@@ -37,6 +39,9 @@ CASES = [
     (["coordinator", "--topology", "{d}/self-loop.yaml", "--out", "{d}/out"], "self loop"),
     (["coordinator", "--topology", "{d}/unknown-generator.yaml", "--out", "{d}/out"], "hypercube"),
     (["coordinator", "--resume", "--out", "{d}/out"], "no checkpoint"),
+    (["coordinator", "--config", "{d}/per-peer-no-token.yaml", "--out", "{d}/out"], "token_per_peer needs a run token"),
+    (["coordinator", "--config", "{d}/members-below-peers.yaml", "--out", "{d}/out"], "max_members must be >= peers"),
+    (["token", "peer", "alice", "--token-file", "{d}/missing.token", "--out", "{d}/alice.token"], "missing.token"),
     (["topology", "show", "{d}/missing.yaml"], "missing.yaml"),
     (["model", "show", "{d}/bad-spec.json"], "unknown type 'warp'"),
     (["train", "--data", "idx:{d}/nothing"], "nothing"),

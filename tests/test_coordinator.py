@@ -423,3 +423,25 @@ async def test_async_scale_divides_uploads_by_the_live_peers(scale, expected, tm
 
     (logged,) = UpdateLog(tmp_path / "updates.wal", n).read()  # a resume replays what was applied
     assert logged.vector.values.tolist() == [expected, expected]
+
+
+async def test_per_peer_tokens_admit_each_peer_under_its_own_name_only(tmp_path):
+    from ringfl.peer import JoinRefused, Peer, PeerOptions
+    from ringfl.protocol import peer_token
+
+    run_token = b"0123456789abcdef0123456789abcdef"
+    (tmp_path / "run.token").write_bytes(run_token)
+    config = demo_config(peers=1, rounds=1, token_file=str(tmp_path / "run.token"), token_per_peer=True)
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+
+    def peer(name, token):
+        return Peer(network, PeerOptions(coordinator=address, name=name, run_id="test", token=token))
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        with pytest.raises(JoinRefused, match="join failed"):  # mallory holds alice's token
+            await peer("mallory", peer_token(run_token, "alice")).run()
+        alice = peer("alice", peer_token(run_token, "alice"))
+        nursery.start_soon(alice.run)
+    assert len(alice.history) == 1 and sorted(coordinator.indices) == ["alice"]

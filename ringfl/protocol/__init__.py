@@ -4,7 +4,7 @@ Imports only numpy and msgpack. The byte layout is documented in ``docs/protocol
 :mod:`ringfl.transport` joins a :class:`Connection` to trio streams.
 """
 
-from ringfl.protocol.auth import MIN_TOKEN_SIZE, TAG_SIZE, check_token
+from ringfl.protocol.auth import MIN_TOKEN_SIZE, TAG_SIZE, check_token, peer_token
 from ringfl.protocol.codec import (
     EOF,
     NEED_DATA,
@@ -106,6 +106,7 @@ __all__ = [
     "allowed",
     "bitmap_is_smaller",
     "check_token",
+    "peer_token",
     "decode",
     "default_max_frame",
     "encode",

@@ -35,6 +35,7 @@ MIN_TOKEN_SIZE = 16
 INFO_KEY = "auth"
 """The ``info`` key of 1001 and 1005 that carries the handshake; reserved when a token is set."""
 
+PEER_KEY_LABEL = b"ringfl-peer-key"
 PROOF_LABEL = b"ringfl-server-proof"
 SESSION_LABEL = b"ringfl-session"
 CLIENT_TO_SERVER = b"client->server"
@@ -64,6 +65,12 @@ def _hmac(key: bytes, *parts: bytes | memoryview) -> bytes:
     for part in parts:
         mac.update(part)
     return mac.digest()
+
+
+def peer_token(run_token: bytes, peer_id: str) -> bytes:
+    """A peer's own token, HMAC(run token, "ringfl-peer-key" ‖ UTF-8 id) as 64 hex characters:
+    it proves membership under that id only, and the server derives it from the id in the join."""
+    return _hmac(check_token(run_token), PEER_KEY_LABEL, peer_id.encode()).hex().encode()
 
 
 def server_proof(token: bytes, join_frame: bytes, server_nonce: bytes) -> bytes:
@@ -152,11 +159,13 @@ class RunAuth:
     derives the keys and from its next frame on tags what it sends and checks what it receives.
     Server: requires a nonce in the 1001; adds its nonce and proof to the 1005 it sends and from
     then on tags and checks. ``authenticated`` turns true once the peer has proven the token (the
-    client: a valid proof; the server: the client's first valid tag).
+    client: a valid proof; the server: the client's first valid tag). A server with ``per_peer``
+    holds the run token but runs each session under :func:`peer_token` of the id in the 1001.
     """
 
-    def __init__(self, token: bytes, *, client: bool) -> None:
+    def __init__(self, token: bytes, *, client: bool, per_peer: bool = False) -> None:
         self._token = check_token(token)
+        self._run_token = self._token if per_peer and not client else None
         self.client = client
         self.authenticated = False
         self.send_mac: FrameMac | None = None
@@ -246,6 +255,10 @@ class RunAuth:
             return self._check_accept(message, _frame_bytes(plain))
         if not self.client and isinstance(message, JoinRequest) and self._join_frame is None:
             self._client_nonce, _ = _nonce(message.info, "the join", "client")
+            if self._run_token is not None:
+                if not message.sender:
+                    raise _auth_error("per-peer tokens: the join must name its sender")
+                self._token = peer_token(self._run_token, message.sender)
             self._join_frame = _frame_bytes(plain)
             return _without_auth(message)
         return message
@@ -283,6 +296,7 @@ __all__ = [
     "RunAuth",
     "check_token",
     "new_nonce",
+    "peer_token",
     "server_proof",
     "session_keys",
 ]

@@ -247,7 +247,8 @@ class Connection:
     frame is parsed. Failures raise RemoteProtocolError with ``ErrorCode.AUTH`` and count in
     ``auth_failures``; after one the session is dead (every later ``next_event`` raises).
     ``authenticated`` is true once the peer has proven the token. ``token=None`` changes nothing
-    on the wire.
+    on the wire. A server with ``per_peer_tokens`` holds the run token and expects each client to
+    prove ``peer_token(run token, its id)`` instead, so a peer's token joins under its id only.
     """
 
     def __init__(
@@ -259,6 +260,7 @@ class Connection:
         limits: Limits | None = None,
         first_seq: int = 1,
         token: bytes | None = None,
+        per_peer_tokens: bool = False,
     ) -> None:
         self.role = role
         self.local_id = local_id
@@ -269,7 +271,8 @@ class Connection:
         self.received = Counters()
         self.peer_id: str | None = None
         self.auth_failures = 0
-        self._auth = None if token is None else RunAuth(token, client=role is Role.CLIENT)
+        self._auth = (None if token is None
+                      else RunAuth(token, client=role is Role.CLIENT, per_peer=per_peer_tokens))
         self._auth_failure: RemoteProtocolError | None = None
         self._auto_limits = limits is None
         self._decoder = FrameDecoder(limits or Limits())
