@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import trio
 
@@ -81,6 +82,28 @@ def origins_within(topology: Topology, node: int, hops: int) -> list[int]:
         frontier = {j for i in frontier for j in topology.in_neighbours(i)} - seen
         seen |= frontier
     return sorted(seen - {node})
+
+
+def forward_targets(topology: Topology, node: int, hops: int) -> dict[int, list[int]]:
+    """Relay routing: for each origin whose selection ``node`` passes on (fewer than ``hops`` hops
+    away), the out-neighbours for which ``node`` lies on a shortest path from that origin. Every
+    other neighbour gets the selection as soon or sooner another way, so sending it there would be
+    bytes for nothing (on a complete graph nothing is forwarded at all)."""
+    if hops < 2:
+        return {}
+    graph = topology.graph
+    towards = graph.reverse(copy=False) if topology.directed else graph
+    distance_to_node = nx.single_source_shortest_path_length(towards, node, cutoff=hops - 1)
+    targets: dict[int, list[int]] = {}
+    for origin, distance in distance_to_node.items():
+        if origin != node:
+            from_origin = nx.single_source_shortest_path_length(graph, origin, cutoff=distance + 1)
+            targets[origin] = [j for j in topology.out_neighbours(node) if from_origin.get(j) == distance + 1]
+    return targets
+
+
+def _forward_labels(topology: Topology, node: int, hops: int, labels: list[str]) -> dict[str, list[str]]:
+    return {labels[o]: [labels[j] for j in js] for o, js in forward_targets(topology, node, hops).items()}
 
 
 class Bootstrap(SessionServer):
@@ -169,6 +192,7 @@ class Bootstrap(SessionServer):
                                  topology_version=self.topology_version,
                                  round=self._current_round(),
                                  info={"expected_origins": expected, "nodes": node_index,
+                                       "forward": _forward_labels(live, pos, self.hops, labels),
                                        "from_round": self._switch_round(),
                                        "dead": sorted(self.labels[i] for i in self.dead)})
             await self.send_quietly(session, message)
@@ -306,6 +330,7 @@ class Links:
     weights: dict[int, float] = field(default_factory=dict)  # in-neighbour node -> W[i, j]
     dial: dict[int, str] = field(default_factory=dict)  # out-neighbour node -> address
     expected: set[int] = field(default_factory=set)  # origins to wait for each exchange
+    forward: dict[int, set[int]] | None = None  # relay: origin -> out-neighbours to pass it to
     changed: bool = False
 
 
@@ -413,7 +438,8 @@ class RingPeer(PeerBase):
         self._apply_neighbours(Neighbours(
             neighbours=tuple(neighbour_list(topology, self.node, labels, dict(zip(labels, _addresses(topology))))),
             info={"nodes": {label: i for i, label in enumerate(labels)},
-                  "expected_origins": [labels[j] for j in origins_within(topology, self.node, hops)]}))
+                  "expected_origins": [labels[j] for j in origins_within(topology, self.node, hops)],
+                  "forward": _forward_labels(topology, self.node, hops, labels)}))
         self.total_rounds = config.rounds
         self.schedule.set()
 
@@ -450,6 +476,7 @@ class RingPeer(PeerBase):
             weights={node(n.peer_id): n.weight for n in message.neighbours if n.weight > 0},
             dial={node(n.peer_id): n.address for n in message.neighbours if n.address},
             expected={node(p) for p in message.info.get("expected_origins", [])},
+            forward=_forward_table(message.info.get("forward"), node),
             changed=True,
         )
         dead = {node(label) for label in message.info.get("dead", []) if label in self.node_ids}
@@ -531,10 +558,21 @@ class RingPeer(PeerBase):
     def _self_node(self) -> int:
         return self.node_ids.get(self.name, self.node)
 
-    async def _send_all(self, messages: list[GossipMessage], round_: int, step: int) -> None:
+    async def _send_all(self, messages: list[GossipMessage], round_: int, step: int, *, relayed: bool = False) -> None:
+        """To every out-neighbour; relayed selections only where ``links.forward`` routes them."""
         async with trio.open_nursery() as nursery:
             for node, address in list(self.links.dial.items()):
-                nursery.start_soon(self._send_to, node, address, messages, round_, step)
+                chosen = [m for m in messages if self._routes(m.origin, node)] if relayed else messages
+                if chosen:
+                    nursery.start_soon(self._send_to, node, address, chosen, round_, step)
+
+    def _routes(self, origin: int, node: int) -> bool:
+        """Whether a relayed selection of ``origin`` goes on to ``node`` (never back to its origin;
+        without a routing table, or for an origin it does not know, everywhere else)."""
+        table = self.links.forward
+        if node == origin:
+            return False
+        return table is None or origin not in table or node in table[origin]
 
     async def _send_to(self, node: int, address: str, messages: list[GossipMessage], round_: int, step: int) -> None:
         """One 1004 per message to neighbour ``node``; a dead neighbour is skipped (it is re-linked)."""
@@ -614,19 +652,20 @@ class RingPeer(PeerBase):
         deadline = trio.current_time() + self._deadline()
         fed: set[int] = set()
         while True:
+            changed = self.inbox_changed  # taken first: what arrives while we forward still wakes us
             self._take_late(algorithm, (round_, step))
             for sender, message in self.inbox.pop((round_, step), []):
                 fed.add(message.origin)
                 forward = algorithm.incoming(sender, message)
                 if forward:
-                    await self._send_all(forward, round_, step)
+                    await self._send_all(forward, round_, step, relayed=True)
             waiting = self.links.expected - fed  # shrinks at once when a neighbour dies
             if not waiting or self.ended or trio.current_time() >= deadline:
                 if waiting and not self.ended:
                     log.info("peer %s round %d: no update from %s", self.name, round_, sorted(waiting))
                 return
             with trio.move_on_at(deadline):
-                await self.inbox_changed.wait()
+                await changed.wait()
 
     def _take_late(self, algorithm: GossipAlgorithm, current: tuple[int, int]) -> None:
         """Messages for exchanges already closed: CHOCO still folds them into its public copies
@@ -644,7 +683,7 @@ class RingPeer(PeerBase):
             for sender, message in self.inbox.pop(key):
                 forward = algorithm.incoming(sender, dataclasses.replace(message, round=round_))
                 if forward:
-                    await self._send_all(forward, round_, 0)
+                    await self._send_all(forward, round_, 0, relayed=True)
         await trio.lowlevel.checkpoint()
 
     async def _report(self, round_: int, params: np.ndarray, loss: float, started: float, sent_before: int) -> None:
@@ -722,6 +761,13 @@ def _is_tcp(network: Network) -> bool:
     from ringfl.transport import TcpNetwork
 
     return isinstance(network, TcpNetwork)
+
+
+def _forward_table(info: Any, node: Any) -> dict[int, set[int]] | None:
+    """The bootstrap's relay routes (labels) as node ids; None when it sent none."""
+    if not isinstance(info, dict):
+        return None
+    return {node(origin): {node(j) for j in targets} for origin, targets in info.items()}
 
 
 def _to_upload(message: GossipMessage, origin: str, round_: int, step: int) -> Upload:

@@ -8,7 +8,7 @@ import trio
 
 from ringfl.config import TrainingConfig
 from ringfl.peer import PeerOptions
-from ringfl.ring import Bootstrap, RingPeer, neighbour_list, origins_within
+from ringfl.ring import Bootstrap, RingPeer, forward_targets, neighbour_list, origins_within
 from ringfl.topology import generate
 from ringfl.transport import MemoryNetwork
 from tests.helpers import demo_config
@@ -46,11 +46,25 @@ async def test_32_peer_ring_learns(algorithm):
     assert set(links) == {"4", "6"} and all(sent > 0 and received > 0 for sent, received in links.values())
 
 
-async def test_relay_waits_for_two_hop_origins_and_costs_more_bytes():
+async def test_relay_waits_for_two_hop_origins_and_sends_only_along_shortest_paths():
+    """On a ring each peer sends its own selection both ways and passes each neighbour's on to the
+    other side only (twice gossip's bytes, not three times); on a complete graph everyone is one
+    hop away, so relaying costs nothing over gossip."""
+    for topology, ratio in ((generate("ring", 8), 2.0), (generate("complete", 6), 1.0)):
+        gossip, _ = await run_ring(topology, "gossip-dssgd", rounds=2)
+        relay, peers = await run_ring(topology, "relay", rounds=2, settings={"theta_u": 0.1, "hops": 2})
+        assert relay.history[-1]["bytes_round"] == pytest.approx(ratio * gossip.history[-1]["bytes_round"], rel=0.05)
+        assert all(r["peers_reporting"] == topology.n for r in relay.history)
+
+
+def test_relay_forward_targets_follow_shortest_paths():
     ring = generate("ring", 8)
-    gossip, _ = await run_ring(ring, "gossip-dssgd", rounds=2)
-    relay, _ = await run_ring(ring, "relay", rounds=2, settings={"theta_u": 0.1, "hops": 2})
-    assert relay.history[-1]["bytes_round"] > 1.5 * gossip.history[-1]["bytes_round"]
+    assert forward_targets(ring, 0, 2) == {1: [7], 7: [1]}
+    assert forward_targets(ring, 0, 3) == {1: [7], 7: [1], 2: [7], 6: [1]}
+    assert forward_targets(ring, 0, 1) == {}
+    assert all(not targets for targets in forward_targets(generate("complete", 6), 0, 2).values())
+    directed = generate("ring", 6, directed=True)  # 5 -> 0 -> 1: node 0 passes 5's on to 1
+    assert forward_targets(directed, 0, 2) == {5: [1]}
 
 
 def test_neighbour_lists_and_expected_origins():
