@@ -96,7 +96,7 @@ class RunConfig:
     pool_size: int = 64  # gradient pool capacity (bounded: senders wait when it is full)
     max_parallel: int | None = None  # sync rounds: peers training at once (e.g. the cores); None: all
     max_members: int | None = None  # distinct peer names admitted over the run; None: 4 × peers, at least 64
-    max_unjoined: int | None = None  # connections still joining; more are closed at once; None: max_members
+    max_unjoined: int | None = None  # connections still joining; more are closed at once; None: max_members, >= 64
     max_frame: int | None = None  # default follows the model size
     host: str = "127.0.0.1"
     port: int = 7001

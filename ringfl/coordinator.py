@@ -177,7 +177,7 @@ class SessionServer:
     # --- accepting ---------------------------------------------------------------------------
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        if self.unjoined >= (self.config.max_unjoined or self.member_cap()):  # a flood of idle connections
+        if self.unjoined >= (self.config.max_unjoined or max(self.member_cap(), 64)):  # a flood of idle connections
             self.refused_connections += 1
             log.info("refused a connection: %d are still joining (max_unjoined)", self.unjoined)
             await trio.aclose_forcefully(stream)
@@ -235,6 +235,9 @@ class SessionServer:
         confirm = await messages.receive(timeout=30.0)
         if not isinstance(confirm, SpecConfirm):
             return None
+        if self._full(peer_id):  # another new name took the last place while this one joined
+            log.warning("refused join of %s: the run is full (max_members)", peer_id)
+            return None
         ok = confirm.spec_hash == self.spec.hash
         await messages.send(SpecReply(ok=ok, spec_hash=self.spec.hash,
                                       spec_json="" if ok else self.spec.canonical_json()))
@@ -260,10 +263,14 @@ class SessionServer:
         old = self.sessions.get(peer_id)
         if (old is not None and old.alive) or peer_id in self.joining:
             return RejectReason.DUPLICATE_PEER, f"a peer named {peer_id!r} is already connected"
-        cap = self.member_cap()
-        if peer_id not in self.indices and len(self.indices) + len(self.joining) >= cap:
-            return RejectReason.RUN_FULL, f"the run admits {cap} peer names and has them all (max_members)"
+        if self._full(peer_id):
+            return RejectReason.RUN_FULL, f"the run admits {self.member_cap()} peer names and has them all (max_members)"
         return None
+
+    def _full(self, peer_id: str) -> bool:
+        """Only names that completed a join count (with a token: proven), so unauthenticated
+        joins in flight cannot fill the run; checked at the join and again when the name is kept."""
+        return peer_id not in self.indices and len(self.indices) >= self.member_cap()
 
     def _drop(self, session: PeerSession) -> None:
         if self.sessions.get(session.peer_id) is session:
@@ -544,7 +551,7 @@ class Coordinator(SessionServer):
             self.async_answers += 1
         item.reason, item.detail = self._decide(item)
         self.pool_stats.count(item.reason)
-        if item.peer in self.selected:
+        if item.peer in self.selected and item.round >= self.round:  # an older round's upload answers nothing
             item.answers_round = self.round
         if item.reason is Reason.ACCEPTED:
             self.version += 1

@@ -95,6 +95,7 @@ class RawClient:
 
     def __init__(self, network, address, name):
         self.network, self.address, self.name = network, address, name
+        self.crossed = []
 
     async def join(self):
         self.stream = await dial(self.network, self.address, Connection(Role.CLIENT, local_id=self.name,
@@ -111,6 +112,8 @@ class RawClient:
         return reply
 
     async def next_round(self):
+        if self.crossed:  # a round start that arrived while waiting for an Ack
+            return self.crossed.pop(0)
         while True:
             message = await self.stream.receive()
             if isinstance(message, (RoundStart, EndOfRun)):
@@ -123,6 +126,8 @@ class RawClient:
             message = await self.stream.receive()
             if isinstance(message, Ack):
                 return message
+            if isinstance(message, RoundStart):
+                self.crossed.append(message)
 
 
 async def test_the_server_decides_and_says_why():
@@ -445,3 +450,50 @@ async def test_per_peer_tokens_admit_each_peer_under_its_own_name_only(tmp_path)
         alice = peer("alice", peer_token(run_token, "alice"))
         nursery.start_soon(alice.run)
     assert len(alice.history) == 1 and sorted(coordinator.indices) == ["alice"]
+
+
+async def test_an_upload_for_a_closed_round_does_not_answer_the_next_one():
+    """A slow peer's upload for a round that closed at its deadline is rejected, and does not count
+    as its answer to the round under way: the peer still plays that round, and is accepted."""
+    config = demo_config(peers=2, min_peers=1, rounds=3, round_timeout=1.0, join_timeout=30.0)
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        fast, slow = RawClient(network, address, "fast"), RawClient(network, address, "slow")
+        await fast.join()
+        await slow.join()
+        n = fast.num_params
+        first = await fast.next_round()
+        await slow.next_round()
+        assert (await fast.upload(SparseVector.empty(n), first.round)).accepted  # slow misses the deadline
+        second = await fast.next_round()
+        late = await slow.upload(SparseVector.empty(n), first.round)
+        assert not late.accepted and late.reason == AckReason.STALE
+        assert (await fast.upload(SparseVector.empty(n), second.round)).accepted
+        assert (await slow.next_round()).round == second.round
+        assert (await slow.upload(SparseVector.empty(n), second.round)).accepted  # the round waited for it
+        with trio.fail_after(5):
+            while len(coordinator.history) < 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [r["participants"] for r in coordinator.history[1:3]] == [1, 2]
+
+
+async def test_joins_that_never_finish_hold_no_member_places():
+    """Only names that completed a join count against max_members: half-finished joins (no spec
+    confirmation, with a token: no proof) cannot fill the run for honest peers."""
+    network = MemoryNetwork()
+    coordinator = Coordinator(demo_config(peers=2, max_members=2, rounds=1, join_timeout=30.0), network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        for name in ("stranger-1", "stranger-2"):
+            stream = await dial(network, address, Connection(Role.CLIENT, local_id=name, run_id="test"))
+            await stream.send(JoinRequest())
+            assert isinstance(await stream.receive(), Accept)  # and never confirms the spec
+        assert isinstance(await RawClient(network, address, "alice").join(), Accept)
+        assert isinstance(await RawClient(network, address, "bob").join(), Accept)
+        refused = await RawClient(network, address, "carol").join()
+        assert isinstance(refused, Reject) and refused.reason == RejectReason.RUN_FULL
+        nursery.cancel_scope.cancel()
+    assert sorted(coordinator.indices) == ["alice", "bob"]
