@@ -306,7 +306,7 @@ class Bootstrap(SessionServer):
             "final_max_accuracy": last.get("max_accuracy"), "bytes": last.get("bytes"),
             "accuracy_per_round": [r["accuracy"] for r in self.history],
             "wall_time_s": round(time.perf_counter() - self.started, 3),
-            "model": self.spec.name, "num_params": self.num_params,
+            "model": self.spec.name, "num_params": self.num_params, "refused_connections": self.refused_connections,
         }
         if self.metrics:
             self.metrics.write_summary(summary)
@@ -550,7 +550,7 @@ class RingPeer(PeerBase):
         if old is not None:
             self.unsynced |= set(self.links.dial)  # rebuilt state: tell every neighbour where it stands
             try:
-                algorithm.load_state(old.state())
+                algorithm.adopt(old)
             except (KeyError, ValueError):
                 log.info("peer %s: gossip state reset after re-linking", self.name)
         return algorithm
@@ -670,7 +670,7 @@ class RingPeer(PeerBase):
     def _take_late(self, algorithm: GossipAlgorithm, current: tuple[int, int]) -> None:
         """Messages for exchanges already closed: CHOCO still folds them into its public copies
         (or they would drift apart); the others drop them (stale, and the inbox would only grow)."""
-        for key in [key for key in self.inbox if key < current]:
+        for key in sorted(key for key in self.inbox if key < current):  # in exchange order
             for sender, message in self.inbox.pop(key):
                 if algorithm.keeps_copies:
                     algorithm.incoming(sender, message)

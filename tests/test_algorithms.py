@@ -421,6 +421,28 @@ def test_choco_snapshot_resynchronises_a_copy_after_a_lost_message() -> None:
     assert make_gossip_algorithm("gossip-dssgd", 0, 4, s, {1: 0.5}).snapshot() is None
 
 
+def test_choco_ignores_stale_snapshots_and_keeps_a_copy_started_before_the_link_switch() -> None:
+    s = AlgorithmSettings(theta_u=0.5, choco_steps=3)
+    a = make_gossip_algorithm("choco", 0, 4, s, {1: 0.5})
+    b = make_gossip_algorithm("choco", 1, 4, s, {})  # a is not b's neighbour yet
+    rng = RNG(0)
+    a.outgoing(np.zeros(4), np.array([4, 3, 2, 1], np.float32), 0, rng)
+    b.outgoing(np.zeros(4), np.zeros(4, np.float32), 0, rng)
+    old = a.snapshot()
+    a.next_outgoing(rng)
+    b.next_outgoing(rng)
+    new = a.snapshot()
+    b.incoming(0, new)  # starts a copy although a is no neighbour of b (yet)
+    b.incoming(0, old)  # older than the copy it has: ignored
+    np.testing.assert_array_equal(b.neighbour_public[0], a.public)
+    np.testing.assert_array_equal(b.mix(), np.zeros(4))  # delivered in this exchange, but no neighbour: not mixed
+    relinked = make_gossip_algorithm("choco", 1, 4, s, {0: 0.5})
+    relinked.adopt(b)  # the links switched: the copy and what it already contains carry over
+    np.testing.assert_array_equal(relinked.neighbour_public[0], a.public)
+    relinked.incoming(0, old)
+    np.testing.assert_array_equal(relinked.neighbour_public[0], a.public)
+
+
 # ---------------------------------------------------------------------------------------------
 # Convergence with a training loop: least squares over 10 peers, 20 samples each for 40
 # unknowns, so no peer can solve the problem alone.

@@ -109,16 +109,20 @@ class ChocoGossip(GossipAlgorithm):
         return [GossipMessage(self.peer_id, self.round, q, step=self.step)]
 
     def incoming(self, sender: int, message: GossipMessage) -> list[GossipMessage]:
-        """Fold q_sender into the sender's public copy (at most once per (sender, round, step))."""
-        if sender not in self.neighbour_public or message.origin != sender:
+        """Fold q_sender into the sender's public copy (at most once per (sender, round, step)).
+
+        A snapshot replaces the copy, and starts one for a sender that is not a neighbour yet:
+        the two ends of a new link switch to it at slightly different times, and the copy must be
+        right once it is mixed. Anything older than the last snapshot is already in it."""
+        if message.origin != sender or (sender not in self.neighbour_public and not message.snapshot):
             return []
         self._check(sender, message)
-        key = (sender, message.round, message.step)
+        key, at = (sender, message.round, message.step), (message.round, message.step)
+        if key in self._seen or at <= self._synced_at.get(sender, (-1, -1)):
+            return []  # a duplicate, or contained in a snapshot already adopted
         if message.snapshot:
             self.neighbour_public[sender] = message.vector.to_dense()
-            self._synced_at[sender] = (message.round, message.step)
-        elif key in self._seen or (message.round, message.step) <= self._synced_at.get(sender, (-1, -1)):
-            return []  # a duplicate, or already contained in a snapshot
+            self._synced_at[sender] = at
         else:
             message.vector.add_to(self.neighbour_public[sender])
         self._seen.add(key)
@@ -132,7 +136,7 @@ class ChocoGossip(GossipAlgorithm):
 
     def mix(self) -> np.ndarray:
         """x += γc Σ_j w_ij (x̂_j − x̂_i) over the neighbours that delivered this exchange."""
-        present = self._delivered.get((self.round, self.step), set())
+        present = self._delivered.get((self.round, self.step), set()) & self.weights.keys()
         norm = self._normaliser(present)
         pull = np.zeros(self.n_params, dtype=np.float32)
         for j in present:
@@ -154,6 +158,12 @@ class ChocoGossip(GossipAlgorithm):
 
         self.public = load("choco_public")
         self.x = load("choco_x")
-        for j in self.neighbour_public:  # a new neighbour's copy stays as it is until its snapshot
-            if f"choco_public_{j}" in state:
-                self.neighbour_public[j] = load(f"choco_public_{j}")
+        for key in state:  # a new neighbour without a copy keeps the initial one until its snapshot
+            if key.startswith("choco_public_"):
+                self.neighbour_public[int(key.removeprefix("choco_public_"))] = load(key)
+
+    def adopt(self, old: GossipAlgorithm) -> None:
+        """Continue from ``old`` after re-linking, including which messages it already folded in."""
+        super().adopt(old)
+        if isinstance(old, ChocoGossip):
+            self._seen, self._synced_at = set(old._seen), dict(old._synced_at)

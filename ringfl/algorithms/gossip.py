@@ -146,6 +146,10 @@ class GossipAlgorithm(ABC):
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`state`."""
 
+    def adopt(self, old: GossipAlgorithm) -> None:
+        """Continue from the instance this one replaces (re-linking changed the weights)."""
+        self.load_state(old.state())
+
     def _normaliser(self, present: set[int]) -> float:
         """Mass of the weights that are in play: self plus the neighbours that delivered."""
         total = self.self_weight + sum(self.weights[j] for j in present if j in self.weights)
