@@ -53,7 +53,15 @@ from ringfl.protocol import (
     SpecReply,
     Upload,
 )
-from ringfl.transport import ConnectError, MessageStream, Network, PeerClosedError, PeerError, dial
+from ringfl.transport import (
+    CONNECTION_ERRORS,
+    ConnectError,
+    MessageStream,
+    Network,
+    PeerClosedError,
+    PeerError,
+    dial,
+)
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +312,11 @@ class Peer(PeerBase):
                             break
                     except _RunEnded:
                         break
+                    except CONNECTION_ERRORS as exc:
+                        if self.last_round < run.rounds - 1:
+                            raise
+                        log.warning("peer %s: the run ended while it played the last round (%s)", self.name, exc)
+                        return self.history
             await self.stream.aclose("done")
         finally:
             await close_forcefully([self.stream])

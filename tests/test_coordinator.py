@@ -497,3 +497,25 @@ async def test_joins_that_never_finish_hold_no_member_places():
         assert isinstance(refused, Reject) and refused.reason == RejectReason.RUN_FULL
         nursery.cancel_scope.cancel()
     assert sorted(coordinator.indices) == ["alice", "bob"]
+
+
+async def test_a_peer_still_training_when_the_run_ends_leaves_quietly():
+    """The last round closes at its deadline without a straggler and the coordinator ends the run;
+    the straggler's upload then finds the connection gone: it stops without an error."""
+    from ringfl.peer import Peer, PeerOptions
+
+    class Straggler(Peer):
+        async def _local_work(self, start, round_):
+            await trio.sleep(3.0)
+            return await super()._local_work(start, round_)
+
+    config = demo_config(peers=2, min_peers=1, rounds=1, round_timeout=0.5, join_timeout=30.0)
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        options = {"coordinator": address, "run_id": "test"}
+        straggler = Straggler(network, PeerOptions(name="slow", **options))
+        nursery.start_soon(straggler.run)
+        nursery.start_soon(Peer(network, PeerOptions(name="fast", **options)).run)
+    assert coordinator.history[-1]["participants"] == 1 and straggler.history == []
