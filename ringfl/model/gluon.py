@@ -243,14 +243,15 @@ class GluonModel:
         rng = np.random.default_rng(seed)
         mx.random.seed(seed % (2**31))
         moms = [nd.zeros(p.shape) for p in self._trainable] if momentum else []
-        total_loss, seen = 0.0, 0
+        losses, seen = [], 0
         for xb, yb in _batches(x, y, batch_size, epochs, steps, rng):
             with autograd.record():
                 loss = self.loss_fn(self.net(xb), yb)
             loss.backward()
             self._sgd_step(lr, momentum, weight_decay, xb.shape[0], moms)
-            total_loss += float(loss.sum().asscalar())
+            losses.append(loss.sum())  # read once at the end: no wait for the engine per batch
             seen += xb.shape[0]
+        total_loss = float(nd.add_n(*losses).asscalar()) if losses else 0.0
         return TrainResult(self.get_flat(), total_loss / max(seen, 1), seen)
 
     def _sgd_step(self, lr: float, momentum: float, wd: float, batch: int, moms: list[Any]) -> None:
@@ -283,13 +284,15 @@ class GluonModel:
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
         """(mean loss, accuracy) of ``params`` on (x, y)."""
         self.set_flat(params)
-        total_loss, correct = 0.0, 0
+        losses, hits = [], []
         for xb, yb in _batches(x, y, batch_size, 1, None, None):
             out = self.net(xb)
-            total_loss += float(self.loss_fn(out, yb).sum().asscalar())
-            correct += int((out.argmax(axis=1) == yb.astype("float32")).sum().asscalar())
-        count = max(len(y), 1)
-        return total_loss / count, correct / count
+            losses.append(self.loss_fn(out, yb).sum())
+            hits.append((out.argmax(axis=1) == yb.astype("float32")).sum())
+        if not losses:
+            return 0.0, 0.0
+        count = len(y)
+        return float(nd.add_n(*losses).asscalar()) / count, float(nd.add_n(*hits).asscalar()) / count
 
 
 class _ShuffleBuffer:
