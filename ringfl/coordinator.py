@@ -237,12 +237,13 @@ class SessionServer:
             return None
         if self._full(peer_id):  # another new name took the last place while this one joined
             log.warning("refused join of %s: the run is full (max_members)", peer_id)
+            await messages.aclose(f"the run admits {self.member_cap()} peer names and has them all (max_members)")
             return None
+        self.indices[peer_id] = session.index  # taken before the next await: the cap holds
         ok = confirm.spec_hash == self.spec.hash
         await messages.send(SpecReply(ok=ok, spec_hash=self.spec.hash,
                                       spec_json="" if ok else self.spec.canonical_json()))
         self.sessions[peer_id] = session
-        self.indices[peer_id] = session.index
         log.info("peer %s joined (index %d)", peer_id, session.index)
         self.on_join(session)
         self.progress.notify()

@@ -39,6 +39,7 @@ from ringfl.protocol import (
     Ack,
     Connection,
     EndOfRun,
+    Goodbye,
     JoinRequest,
     Message,
     Params,
@@ -54,7 +55,6 @@ from ringfl.protocol import (
     Upload,
 )
 from ringfl.transport import (
-    CONNECTION_ERRORS,
     ConnectError,
     MessageStream,
     Network,
@@ -176,6 +176,8 @@ class PeerBase:
             raise JoinRefused(f"coordinator answered the join with {type(reply).__name__}")
         await self.stream.send(SpecConfirm(spec_hash=self.options.local_spec_hash))
         spec_reply = await self.stream.receive(timeout=60.0)
+        if isinstance(spec_reply, Goodbye):
+            raise JoinRefused(f"coordinator refused to let {self.name!r} join: {spec_reply.reason or 'no reason given'}")
         if not isinstance(spec_reply, SpecReply):
             raise JoinRefused(f"coordinator answered the spec confirmation with {type(spec_reply).__name__}")
         spec = spec_from_json(spec_reply.spec_json) if spec_reply.spec_json else None
@@ -307,20 +309,29 @@ class Peer(PeerBase):
                 if isinstance(message, EndOfRun):
                     break
                 if isinstance(message, RoundStart) and message.selected and message.round > self.last_round:
+                    started = trio.current_time()
                     try:
                         if not await self._play_rounds(message):
                             break
                     except _RunEnded:
                         break
-                    except CONNECTION_ERRORS as exc:
-                        if self.last_round < run.rounds - 1:
+                    except (PeerClosedError, trio.BrokenResourceError) as exc:
+                        if not self._ended_without_us(message, started):
                             raise
-                        log.warning("peer %s: the run ended while it played the last round (%s)", self.name, exc)
+                        log.warning("peer %s: the coordinator closed the connection after the last round's "
+                                    "deadline; the run ended without this peer's last upload (%s)", self.name, exc)
                         return self.history
             await self.stream.aclose("done")
         finally:
             await close_forcefully([self.stream])
         return self.history
+
+    def _ended_without_us(self, start: RoundStart, started: float) -> bool:
+        """A closed connection in the last round, after its deadline (the coordinator closes a
+        round at twice the deadline at the latest): the run is over, not broken."""
+        assert self.run_info is not None
+        last = self.last_round >= self.run_info.rounds - 1 and not start.info.get("async")
+        return last and start.deadline > 0 and trio.current_time() - started > start.deadline
 
     async def _play_rounds(self, start: RoundStart) -> bool:
         """One round, or (asynchronous DSSGD) all remaining epochs back to back."""

@@ -519,3 +519,47 @@ async def test_a_peer_still_training_when_the_run_ends_leaves_quietly():
         nursery.start_soon(straggler.run)
         nursery.start_soon(Peer(network, PeerOptions(name="fast", **options)).run)
     assert coordinator.history[-1]["participants"] == 1 and straggler.history == []
+
+
+async def test_joins_confirming_at_once_cannot_overshoot_max_members():
+    network = MemoryNetwork()
+    coordinator = Coordinator(demo_config(peers=2, max_members=2, rounds=1, join_timeout=30.0), network)
+    replies = []
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        streams = []
+        for i in range(5):
+            stream = await dial(network, address, Connection(Role.CLIENT, local_id=f"x{i}", run_id="test"))
+            await stream.send(JoinRequest())
+            assert isinstance(await stream.receive(), Accept)
+            streams.append(stream)
+
+        async def confirm(stream):
+            await stream.send(SpecConfirm(spec_hash=coordinator.spec.hash))
+            replies.append(await stream.receive(timeout=5))
+
+        async with trio.open_nursery() as confirming:
+            for stream in streams:
+                confirming.start_soon(confirm, stream)
+        nursery.cancel_scope.cancel()
+    assert len(coordinator.indices) == 2
+    assert sorted(type(r).__name__ for r in replies) == ["Goodbye"] * 3 + ["SpecReply"] * 2
+    assert all("max_members" in r.reason for r in replies if not isinstance(r, SpecReply))
+
+
+async def test_an_error_in_the_last_round_is_not_taken_for_the_end_of_the_run():
+    """Only a connection closed after the last round's deadline means the run ended without the
+    peer; a refused frame in the last round is still an error."""
+    from ringfl.peer import Peer, PeerOptions
+    from ringfl.transport import TransportError
+
+    config = demo_config(peers=1, rounds=1, max_frame=19_368)  # Params fit, the dense upload (19,392 B) not
+    network = MemoryNetwork()
+    coordinator = Coordinator(config, network)
+    peer = Peer(network, PeerOptions(coordinator="", name="p", run_id="test"))
+    with pytest.raises(Exception) as failure:  # noqa: PT011 - the nursery wraps it in a group
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(coordinator.run)
+            peer.options = PeerOptions(coordinator=address, name="p", run_id="test")
+            await peer.run()
+    assert failure.group_contains(TransportError)  # the refusal, or the connection it closed
