@@ -482,6 +482,8 @@ class RingPeer(PeerBase):
         dead = {node(label) for label in message.info.get("dead", []) if label in self.node_ids}
         self.links.expected -= dead
         self.links.dial = {j: a for j, a in self.links.dial.items() if j not in dead}
+        if dead:  # shortest paths may have run through the dead: relay floods until the new links hold
+            self.links.forward = None
         from_round = int(message.info.get("from_round", 0))
         if self.links.version < 0 and from_round > self.start_round + 1:
             self.links = Links(version=0, changed=True)  # a newcomer runs alone until the switch

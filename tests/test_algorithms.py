@@ -441,6 +441,9 @@ def test_choco_ignores_stale_snapshots_and_keeps_a_copy_started_before_the_link_
     np.testing.assert_array_equal(relinked.neighbour_public[0], a.public)
     relinked.incoming(0, old)
     np.testing.assert_array_equal(relinked.neighbour_public[0], a.public)
+    fewer = make_gossip_algorithm("choco", 1, 4, s, {2: 0.5})
+    fewer.adopt(relinked)  # a former neighbour's copy is not carried along
+    assert set(fewer.neighbour_public) == {2}
 
 
 # ---------------------------------------------------------------------------------------------

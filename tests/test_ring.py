@@ -213,3 +213,18 @@ def test_late_messages_reach_choco_in_exchange_order():
     recorder = Recorder()
     peer._take_late(recorder, (4, 0))
     assert recorder.seen == [(2, 2), (3, 1), (3, 2)] and list(peer.inbox) == [(4, 0)]
+
+
+def test_relay_floods_between_a_death_and_the_new_links():
+    """Shortest paths may have run through a dead peer; until the re-linked table holds, relayed
+    selections go to every out-neighbour (but the origin) rather than miss someone."""
+    from ringfl.protocol import Neighbours
+    from ringfl.ring import Links
+
+    peer = RingPeer(MemoryNetwork(), PeerOptions(coordinator="nowhere", name="0"))
+    peer.node_ids = {"0": 0, "1": 1, "2": 2, "3": 3}
+    peer.links = Links(version=1, dial={1: "a", 3: "c"}, expected={1, 2, 3}, forward={1: {3}, 3: {1}})
+    peer.round_in_progress = 4
+    peer._apply_neighbours(Neighbours(neighbours=(), topology_version=2,
+                                      info={"dead": ["1"], "from_round": 6, "forward": {}}))
+    assert peer.links.forward is None and peer.links.dial == {3: "c"} and peer.pending_links is not None

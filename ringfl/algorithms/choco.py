@@ -158,9 +158,9 @@ class ChocoGossip(GossipAlgorithm):
 
         self.public = load("choco_public")
         self.x = load("choco_x")
-        for key in state:  # a new neighbour without a copy keeps the initial one until its snapshot
-            if key.startswith("choco_public_"):
-                self.neighbour_public[int(key.removeprefix("choco_public_"))] = load(key)
+        for j in self.weights:  # a new neighbour without a copy keeps the initial one until its snapshot
+            if f"choco_public_{j}" in state:  # (a snapshot may have started one before the switch)
+                self.neighbour_public[j] = load(f"choco_public_{j}")
 
     def adopt(self, old: GossipAlgorithm) -> None:
         """Continue from ``old`` after re-linking, including which messages it already folded in."""
