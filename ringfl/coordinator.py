@@ -14,6 +14,7 @@ bootstrap through :class:`SessionServer`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -166,7 +167,7 @@ class SessionServer:
             raise ConfigError("token_per_peer needs a run token (token_file or $RINGFL_TOKEN) and coordinator "
                               "mode (ring neighbours prove the run token to each other)")
         self.indices: dict[str, int] = {}  # peer name -> stable index (partition, topology node)
-        self.next_index = 0
+        self.pending_indices: set[int] = set()  # held by joins in progress
         self.progress = Progress()
         self.closed_bytes = [0, 0]  # (in, out) of sessions that ended
         self.running = True
@@ -228,8 +229,22 @@ class SessionServer:
     async def _handshake(self, messages: MessageStream, join: JoinRequest, peer_id: str) -> PeerSession | None:
         index = self.indices.get(peer_id)
         if index is None:  # recorded only once the peer has proven itself (spec confirmation)
-            index, self.next_index = self.next_index, self.next_index + 1
-        session = PeerSession(peer_id, index, messages, join.num_samples, join.address)
+            index = self._free_index()
+        self.pending_indices.add(index)
+        try:
+            return await self._confirm(messages, PeerSession(peer_id, index, messages, join.num_samples, join.address))
+        finally:
+            self.pending_indices.discard(index)
+
+    def _free_index(self) -> int:
+        """The lowest index nobody holds: an abandoned join gives its index back, so the peers'
+        partitions (index mod peers) stay distinct."""
+        taken = set(self.indices.values()) | self.pending_indices
+        return next(i for i in itertools.count() if i not in taken)
+
+    async def _confirm(self, messages: MessageStream, session: PeerSession) -> PeerSession | None:
+        """1005 → 1003 → 1007: the peer confirms the spec; then it is a member."""
+        peer_id = session.peer_id
         await messages.send(Accept(num_params=self.num_params, spec_hash=self.spec.hash,
                                    mode=self.mode, info=self.accept_info(session)))
         confirm = await messages.receive(timeout=30.0)
@@ -483,7 +498,6 @@ class Coordinator(SessionServer):
         self.algorithm.load_state(arrays)
         self.round, self.version = int(meta["round"]), int(meta["version"])
         self.indices = {k: int(v) for k, v in meta["indices"].items()}
-        self.next_index = max(self.indices.values(), default=-1) + 1
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
         self.pool_stats.applied = int(meta.get("applied", 0))
         self.policy.restore({(str(peer), int(r)) for peer, r in meta.get("seen", [])})

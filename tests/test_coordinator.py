@@ -563,3 +563,22 @@ async def test_an_error_in_the_last_round_is_not_taken_for_the_end_of_the_run():
             peer.options = PeerOptions(coordinator=address, name="p", run_id="test")
             await peer.run()
     assert failure.group_contains(TransportError)  # the refusal, or the connection it closed
+
+
+async def test_an_abandoned_join_gives_its_index_back():
+    """Indices choose the peers' partitions (index mod peers): a join that never confirmed must not
+    shift the next peer onto another peer's shard."""
+    network = MemoryNetwork()
+    coordinator = Coordinator(demo_config(peers=2, rounds=1, join_timeout=30.0), network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(coordinator.run)
+        stream = await dial(network, address, Connection(Role.CLIENT, local_id="quitter", run_id="test"))
+        await stream.send(JoinRequest())
+        assert (await stream.receive()).info["index"] == 0
+        await stream.aclose()  # gone before confirming the spec
+        with trio.fail_after(5):
+            while coordinator.pending_indices:
+                await trio.sleep(0.01)
+        first, second = RawClient(network, address, "a"), RawClient(network, address, "b")
+        assert (await first.join()).info["index"] == 0 and (await second.join()).info["index"] == 1
+        nursery.cancel_scope.cancel()
