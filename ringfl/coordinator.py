@@ -252,7 +252,7 @@ class SessionServer:
             return None
         if self._full(peer_id):  # another new name took the last place while this one joined
             log.warning("refused join of %s: the run is full (max_members)", peer_id)
-            await messages.aclose(f"the run admits {self.member_cap()} peer names and has them all (max_members)")
+            await messages.aclose(self._full_reason())
             return None
         self.indices[peer_id] = session.index  # taken before the next await: the cap holds
         ok = confirm.spec_hash == self.spec.hash
@@ -280,13 +280,16 @@ class SessionServer:
         if (old is not None and old.alive) or peer_id in self.joining:
             return RejectReason.DUPLICATE_PEER, f"a peer named {peer_id!r} is already connected"
         if self._full(peer_id):
-            return RejectReason.RUN_FULL, f"the run admits {self.member_cap()} peer names and has them all (max_members)"
+            return RejectReason.RUN_FULL, self._full_reason()
         return None
 
     def _full(self, peer_id: str) -> bool:
         """Only names that completed a join count (with a token: proven), so unauthenticated
         joins in flight cannot fill the run; checked at the join and again when the name is kept."""
         return peer_id not in self.indices and len(self.indices) >= self.member_cap()
+
+    def _full_reason(self) -> str:
+        return f"the run admits {self.member_cap()} peer names and has them all (max_members)"
 
     def _drop(self, session: PeerSession) -> None:
         if self.sessions.get(session.peer_id) is session:

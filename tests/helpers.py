@@ -3,6 +3,8 @@ connections wired to each other."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -21,14 +23,23 @@ def demo_config(**changes: Any) -> RunConfig:
     return base.replace(**changes)
 
 
-async def run_coordinator(config: RunConfig, network: Network | None = None, peers: int | None = None,
-                          **kwargs: Any) -> tuple[Coordinator, list[Peer]]:
+@asynccontextmanager
+async def serving(config: RunConfig, network: Network | None = None,
+                  **kwargs: Any) -> AsyncIterator[tuple[Coordinator, Network, str, trio.Nursery]]:
+    """A coordinator serving (in memory unless ``network`` is given) for the block's duration:
+    yields (coordinator, network, address, nursery); the block ends when the run does."""
     network = network or MemoryNetwork()
     coordinator = Coordinator(config, network, **kwargs)
-    count = config.peers if peers is None else peers
-    clients = []
     async with trio.open_nursery() as nursery:
         address = await nursery.start(coordinator.run)
+        yield coordinator, network, address, nursery
+
+
+async def run_coordinator(config: RunConfig, network: Network | None = None, peers: int | None = None,
+                          **kwargs: Any) -> tuple[Coordinator, list[Peer]]:
+    count = config.peers if peers is None else peers
+    clients = []
+    async with serving(config, network, **kwargs) as (coordinator, network, address, nursery):
         for i in range(count):
             peer = Peer(network, PeerOptions(coordinator=address, name=f"p{i}", peers=count, index=i,
                                              run_id=config.run_id))

@@ -30,7 +30,7 @@ from ringfl.protocol import (
 )
 from ringfl.transport import MemoryNetwork, dial
 from ringfl.vectors import SparseVector
-from tests.helpers import demo_config, run_coordinator
+from tests.helpers import demo_config, run_coordinator, serving
 
 
 @pytest.mark.parametrize(
@@ -133,10 +133,7 @@ class RawClient:
 async def test_the_server_decides_and_says_why():
     """Each round, one upload: a rejected one also closes the round (the peer has answered)."""
     config = demo_config(peers=1, rounds=5, acceptance=AcceptanceConfig(max_norm=100.0))
-    network = MemoryNetwork()
-    coordinator = Coordinator(config, network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(config) as (coordinator, network, address, nursery):
         client = RawClient(network, address, "mallory")
         await client.join()
         n = client.num_params
@@ -167,10 +164,7 @@ async def test_the_server_decides_and_says_why():
 
 async def test_duplicate_peer_name_is_refused():
     config = demo_config(peers=1, rounds=1, round_timeout=5.0)
-    network = MemoryNetwork()
-    coordinator = Coordinator(config, network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(config) as (coordinator, network, address, nursery):
         first, second = RawClient(network, address, "same"), RawClient(network, address, "same")
         await first.join()
         reply = await second.join()
@@ -222,10 +216,7 @@ def test_pool_rejects_unsorted_indices_unless_the_codec_checked_them():
 async def test_round_closes_at_deadline_without_a_missing_peer():
     """A peer that joins but never answers must not block the round forever."""
     config = demo_config(peers=2, min_peers=1, rounds=1, round_timeout=1.0)
-    network = MemoryNetwork()
-    coordinator = Coordinator(config, network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(config) as (coordinator, network, address, nursery):
         silent = RawClient(network, address, "silent")
         await silent.join()
         from ringfl.peer import Peer, PeerOptions
@@ -362,10 +353,7 @@ async def test_a_round_start_that_crosses_the_ack_is_kept_for_next():
 async def test_the_run_admits_a_bounded_number_of_peer_names():
     """Every admitted name is remembered and checkpointed: past max_members new names are refused,
     while a name the run knows may always come back."""
-    network = MemoryNetwork()
-    coordinator = Coordinator(demo_config(peers=2, max_members=2, rounds=1, join_timeout=30.0), network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(demo_config(peers=2, max_members=2, rounds=1, join_timeout=30.0)) as (coordinator, network, address, nursery):
         alice = RawClient(network, address, "alice")
         await alice.join()
         await RawClient(network, address, "bob").join()
@@ -386,10 +374,7 @@ async def test_connections_that_never_join_are_capped():
     at once. An honest peer that meets a full house retries and joins once a slot frees up."""
     from ringfl.peer import Peer, PeerOptions
 
-    network = MemoryNetwork()
-    coordinator = Coordinator(demo_config(peers=1, max_unjoined=1, rounds=1, join_timeout=30.0), network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(demo_config(peers=1, max_unjoined=1, rounds=1, join_timeout=30.0)) as (coordinator, network, address, nursery):
         idle = await network.connect(address)
         await trio.testing.wait_all_tasks_blocked()
         extra = await network.connect(address)
@@ -410,10 +395,7 @@ async def test_async_scale_divides_uploads_by_the_live_peers(scale, expected, tm
     that live peers computed at the same time instead, and logs what it applied."""
     settings = {"theta_u": 1.0, "async_scale": scale}
     config = demo_config(algorithm="dssgd", order="async", peers=2, rounds=2, algorithm_settings=settings)
-    network = MemoryNetwork()
-    coordinator = Coordinator(config, network, tmp_path)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(config, out_dir=tmp_path) as (coordinator, network, address, nursery):
         first, second = RawClient(network, address, "a"), RawClient(network, address, "b")
         await first.join()
         await second.join()
@@ -456,10 +438,7 @@ async def test_an_upload_for_a_closed_round_does_not_answer_the_next_one():
     """A slow peer's upload for a round that closed at its deadline is rejected, and does not count
     as its answer to the round under way: the peer still plays that round, and is accepted."""
     config = demo_config(peers=2, min_peers=1, rounds=3, round_timeout=1.0, join_timeout=30.0)
-    network = MemoryNetwork()
-    coordinator = Coordinator(config, network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(config) as (coordinator, network, address, nursery):
         fast, slow = RawClient(network, address, "fast"), RawClient(network, address, "slow")
         await fast.join()
         await slow.join()
@@ -483,10 +462,7 @@ async def test_an_upload_for_a_closed_round_does_not_answer_the_next_one():
 async def test_joins_that_never_finish_hold_no_member_places():
     """Only names that completed a join count against max_members: half-finished joins (no spec
     confirmation, with a token: no proof) cannot fill the run for honest peers."""
-    network = MemoryNetwork()
-    coordinator = Coordinator(demo_config(peers=2, max_members=2, rounds=1, join_timeout=30.0), network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(demo_config(peers=2, max_members=2, rounds=1, join_timeout=30.0)) as (coordinator, network, address, nursery):
         for name in ("stranger-1", "stranger-2"):
             stream = await dial(network, address, Connection(Role.CLIENT, local_id=name, run_id="test"))
             await stream.send(JoinRequest())
@@ -510,10 +486,7 @@ async def test_a_peer_still_training_when_the_run_ends_leaves_quietly():
             return await super()._local_work(start, round_)
 
     config = demo_config(peers=2, min_peers=1, rounds=1, round_timeout=0.5, join_timeout=30.0)
-    network = MemoryNetwork()
-    coordinator = Coordinator(config, network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(config) as (coordinator, network, address, nursery):
         options = {"coordinator": address, "run_id": "test"}
         straggler = Straggler(network, PeerOptions(name="slow", **options))
         nursery.start_soon(straggler.run)
@@ -568,10 +541,7 @@ async def test_an_error_in_the_last_round_is_not_taken_for_the_end_of_the_run():
 async def test_an_abandoned_join_gives_its_index_back():
     """Indices choose the peers' partitions (index mod peers): a join that never confirmed must not
     shift the next peer onto another peer's shard."""
-    network = MemoryNetwork()
-    coordinator = Coordinator(demo_config(peers=2, rounds=1, join_timeout=30.0), network)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(coordinator.run)
+    async with serving(demo_config(peers=2, rounds=1, join_timeout=30.0)) as (coordinator, network, address, nursery):
         stream = await dial(network, address, Connection(Role.CLIENT, local_id="quitter", run_id="test"))
         await stream.send(JoinRequest())
         assert (await stream.receive()).info["index"] == 0
