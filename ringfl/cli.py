@@ -99,12 +99,13 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _coordinator_config(args: argparse.Namespace) -> Any:
-    from ringfl.config import load_config
+    from ringfl.config import load_config, resolve_mode
 
     config = load_config(args.config)
-    return config.replace(host=args.host, port=args.port, model=args.model, algorithm=args.algorithm,
-                          rounds=args.rounds, min_peers=args.min_peers, peers=args.peers,
-                          data=args.data, topology=args.topology, token_file=args.token_file)
+    config = config.replace(host=args.host, port=args.port, model=args.model, algorithm=args.algorithm,
+                            rounds=args.rounds, min_peers=args.min_peers, peers=args.peers,
+                            data=args.data, topology=args.topology, token_file=args.token_file)
+    return resolve_mode(config, args.config, args.algorithm)
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
@@ -121,17 +122,34 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         server: Any = Bootstrap(config, network, out, resume=args.resume)
     else:
         server = Coordinator(config, network, out, resume=args.resume)
+    if args.resume and not config.topology:
+        print(f"resumed from {out}: {server.rounds_done()} of {config.rounds} rounds done", flush=True)
     printer = RoundPrinter(config.rounds, title=f"{config.algorithm} on {config.data}")
     server.on_round.append(printer.show)
 
     async def announce(address: str) -> None:
         print(f"coordinator listening on {address}; waiting for {server.config.peers} peer(s)", flush=True)
 
+    from ringfl.interrupt import Interrupted, until_signal
     from ringfl.launch import serve_until_done
 
-    summary = trio.run(serve_until_done, server, announce)
+    try:
+        summary = trio.run(until_signal, serve_until_done, server, announce)
+    except Interrupted as stop:
+        printer.progress.stop()
+        return _stopped(server, stop, resumable=out is not None and not config.topology)
     printer.finish(summary, out)
     return 0
+
+
+def _stopped(server: Any, stop: Any, *, resumable: bool) -> int:
+    """Ctrl-C / SIGTERM: summary.json marked interrupted, one line, exit 128 + signal."""
+    server.stopped_summary(stop.name)
+    done = server.rounds_done()
+    hint = "continue with --resume" if resumable else "nothing to resume (no --out, or ring mode)"
+    print(f"interrupted at round {done + 1} of {server.config.rounds} ({stop.name}, {done} done); {hint}",
+          file=sys.stderr)
+    return stop.exit_status
 
 
 def _cmd_peer(args: argparse.Namespace) -> int:
@@ -146,7 +164,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
                           peers=args.peers, index=args.index, partition=args.partition,
                           listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
                           attack=args.attack, connect_wait=args.connect_wait, token=load_token(args.token_file),
-                          own_process=True)
+                          own_process=True, model=_config_model(args))
     network = _network(TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key))
     if args.topology:
         peer: Any = _ring_peer(args, options, network)
@@ -160,16 +178,33 @@ def _cmd_peer(args: argparse.Namespace) -> int:
         peer.metrics = MetricsLog(Path(args.out))
     printer = PeerPrinter(options.name, quiet=args.quiet)
     peer.on_round.append(printer.show)
-    trio.run(peer.run)
+    from ringfl.interrupt import Interrupted, until_signal
+
+    try:
+        trio.run(until_signal, peer.run)
+    except Interrupted as stop:
+        printer.finish()
+        print(f"peer {options.name} interrupted ({stop.name})", file=sys.stderr)
+        return stop.exit_status
     printer.finish()
     return 0
+
+
+def _config_model(args: argparse.Namespace) -> str | None:
+    """The model a peer's ``--config`` names: confirmed against the coordinator's at join, so a
+    different model fails fast instead of being silently replaced (no config: take the run's)."""
+    if not args.config:
+        return None
+    from ringfl.config import load_config
+
+    return load_config(args.config).model
 
 
 def _ring_peer(args: argparse.Namespace, options: Any, network: Any) -> Any:
     """A ring peer: through a bootstrap (flag or the topology's ``bootstrap``), or without one."""
     import dataclasses
 
-    from ringfl.config import load_config
+    from ringfl.config import load_config, resolve_mode
     from ringfl.ring import RingPeer
     from ringfl.topology import load_topology
 
@@ -177,7 +212,7 @@ def _ring_peer(args: argparse.Namespace, options: Any, network: Any) -> Any:
     coordinator = args.coordinator or topology.bootstrap
     if coordinator:
         return RingPeer(network, dataclasses.replace(options, coordinator=coordinator))
-    config = load_config(args.config).replace(topology=args.topology)
+    config = resolve_mode(load_config(args.config).replace(topology=args.topology), args.config, None)
     return RingPeer(network, options, without_bootstrap=(topology, config))
 
 
@@ -429,8 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_facing(exc: BaseException) -> BaseException | None:
     """The user-facing error inside ``exc`` (trio wraps task errors in exception groups)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):  # several tasks may fail for one reason (e.g. a mismatch)
+        errors = [_user_facing(inner) for inner in exc.exceptions]
+        return errors[0] if errors and all(errors) else None
     return exc if isinstance(exc, (RingflError, TransportError, ProtocolError)) else None
 
 

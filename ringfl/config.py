@@ -234,3 +234,30 @@ def load_token(path: str | None) -> bytes | None:
         return check_token(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"run token: {exc}") from None
+
+
+RING_DEFAULT_ALGORITHM = "gossip-dssgd"
+"""Ring mode's algorithm when none is chosen (``fedavg``, the file default, has no ring mode)."""
+
+
+def resolve_mode(config: RunConfig, path: str | Path | None, algorithm_flag: str | None) -> RunConfig:
+    """With a topology and no algorithm chosen (flag or file), ring mode's default; then refuse an
+    algorithm of the other mode at start-up instead of letting every peer fail at join."""
+    explicit = algorithm_flag is not None or (path is not None and "algorithm" in (read_mapping(path) or {}))
+    if config.topology and not explicit:
+        config = config.replace(algorithm=RING_DEFAULT_ALGORITHM)
+    check_mode(config.algorithm, ring=bool(config.topology))
+    return config
+
+
+def check_mode(algorithm: str, *, ring: bool) -> None:
+    """One line if ``algorithm`` belongs to the other mode (or to none)."""
+    from ringfl.algorithms import COORDINATOR_ALGORITHMS, GOSSIP_ALGORITHMS, algorithm_mode
+
+    mode = algorithm_mode(algorithm)
+    if ring and mode != "ring":
+        raise ConfigError(f"algorithm '{algorithm}' runs in coordinator mode only; ring mode (--topology) "
+                          f"takes {', '.join(sorted(GOSSIP_ALGORITHMS))} (default {RING_DEFAULT_ALGORITHM})")
+    if not ring and mode != "coordinator":
+        raise ConfigError(f"algorithm '{algorithm}' runs in ring mode only (give --topology FILE); coordinator "
+                          f"mode takes {', '.join(sorted(COORDINATOR_ALGORITHMS))}")

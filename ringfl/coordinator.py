@@ -32,7 +32,7 @@ from ringfl.algorithms.base import InvalidUpdate, Update
 from ringfl.checkpoint import load_checkpoint, save_checkpoint
 from ringfl.config import RunConfig, load_token
 from ringfl.data import load_source, prepare
-from ringfl.errors import ConfigError
+from ringfl.errors import ConfigError, RunAborted
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import Model, shared_model
@@ -327,6 +327,10 @@ class SessionServer:
             self.on_report(session, message)
         elif isinstance(message, (Heartbeat, Goodbye)):
             pass
+        elif isinstance(message, SpecConfirm):  # a re-confirmation (state table: ready/waiting -> spec)
+            ok = message.spec_hash == self.spec.hash
+            await session.stream.send(SpecReply(ok=ok, spec_hash=self.spec.hash,
+                                                spec_json="" if ok else self.spec.canonical_json()))
         else:
             await self.on_request(session, message)
 
@@ -337,6 +341,21 @@ class SessionServer:
         log.info("peer %s sent %s, which this mode does not use", session.peer_id, type(message).__name__)
 
     # --- shared helpers ------------------------------------------------------------------
+
+    def rounds_done(self) -> int:
+        """Rounds completed so far (what an interruption reports)."""
+        return int(getattr(self, "round", 0))
+
+    def stopped_summary(self, how: str) -> dict[str, Any]:
+        """summary.json of a run stopped by a signal: the usual summary, marked as interrupted."""
+        summary = {**self._summary(), "interrupted": how, "rounds_done": self.rounds_done()}
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.write_summary(summary)
+        return summary
+
+    def _summary(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def alive(self) -> list[PeerSession]:
         return sorted((s for s in self.sessions.values() if s.alive), key=lambda s: s.index)
@@ -370,7 +389,9 @@ class SessionServer:
 
         deadline = trio.current_time() + config.join_timeout
         await self.progress.wait_until(lambda: ready() >= config.peers, deadline)
-        await self.progress.wait_until(lambda: ready() >= config.min_peers, math.inf)
+        if ready() < config.min_peers:  # join_timeout is a promise: never wait past it
+            raise RunAborted(f"only {ready()} of {config.peers} peer(s) ready after join_timeout "
+                             f"{config.join_timeout:g} s (min_peers {config.min_peers})")
 
     async def end_run(self, reason: str) -> None:
         self.running = False
@@ -644,6 +665,7 @@ class Coordinator(SessionServer):
         await self.wait_for_peers()
         if self.round == 0 and not self.history:
             await self._record(0, [])
+            self._checkpoint()  # so a run stopped in its first round can --resume too
         while self.round < self.config.rounds:
             participants = await (self._play_async() if self.order == "async" else self._play_round())
             self.algorithm.end_round()
@@ -689,9 +711,11 @@ class Coordinator(SessionServer):
         self.round_open = True
         for group in self._groups(self.alive()):
             self.selected = {s.peer_id for s in group}
-            self.answered = set()
+            # Resumed mid-round: an upload of this round already applied (replayed from the log)
+            # answers it; asking that peer again would only earn it a duplicate rejection.
+            self.answered = {p for p in self.selected if (p, self.round) in self.policy.seen}
             start = RoundStart(round=self.round, deadline=self.config.round_timeout, selected=True)
-            await self.broadcast(group, start)
+            await self.broadcast([s for s in group if s.peer_id not in self.answered], start)
             await self._wait_for_answers(group)
             answered += sorted(self.answered)
         self.selected = set()

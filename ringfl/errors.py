@@ -24,3 +24,7 @@ class DataError(RingflError):
 
 class TopologyError(RingflError):
     """A topology file or generator description is invalid."""
+
+
+class RunAborted(RingflError):
+    """The run cannot go on as configured (no quorum within ``join_timeout``, every peer gone)."""

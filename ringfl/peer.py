@@ -31,7 +31,7 @@ from ringfl.config import PartitionConfig, TrainingConfig, build
 from ringfl.data import DataSplits, clear_cache, kind_params, load_source, peer_indices, prepare
 from ringfl.errors import ConfigError, RingflError
 from ringfl.metrics import MetricsLog
-from ringfl.model import ModelSpec, spec_from_json
+from ringfl.model import ModelSpec, load_spec, spec_from_json
 from ringfl.model.runtime import Model, shared_model
 from ringfl.privacy.ledger import BudgetExhausted, PrivacyLedger
 from ringfl.protocol import (
@@ -70,6 +70,13 @@ class JoinRefused(RingflError):
     """The coordinator refused this peer (wrong run, duplicate name, run over...)."""
 
 
+class SpecMismatch(JoinRefused):
+    """This peer was configured with another model than the run's."""
+
+    def __init__(self, who: str, theirs: str, ours: str) -> None:
+        super().__init__(f"model mismatch: {who} runs spec {theirs[:16]}, this peer's config says {ours[:16]}")
+
+
 @dataclass(frozen=True)
 class PeerOptions:
     """What the peer's own command line says; everything else comes from the coordinator."""
@@ -90,6 +97,7 @@ class PeerOptions:
     connect_wait: float = 30.0  # keep retrying the coordinator this long (it may start later)
     token: bytes | None = None  # run token (ringfl.config.load_token); also guards neighbour links
     own_process: bool = False  # the only peer of its process: drop the full dataset once partitioned
+    model: str | None = None  # the model this peer's --config names: confirmed at join, never replaced
 
 
 @dataclass
@@ -174,13 +182,17 @@ class PeerBase:
                               f"{RejectReason(reply.reason).name.lower()} ({reply.detail})")
         if not isinstance(reply, Accept):
             raise JoinRefused(f"coordinator answered the join with {type(reply).__name__}")
-        await self.stream.send(SpecConfirm(spec_hash=self.options.local_spec_hash))
+        local = load_spec(self.options.model) if self.options.model else None
+        confirm = local.hash if local is not None else self.options.local_spec_hash
+        await self.stream.send(SpecConfirm(spec_hash=confirm))
         spec_reply = await self.stream.receive(timeout=60.0)
         if isinstance(spec_reply, Goodbye):
             raise JoinRefused(f"coordinator refused to let {self.name!r} join: {spec_reply.reason or 'no reason given'}")
         if not isinstance(spec_reply, SpecReply):
             raise JoinRefused(f"coordinator answered the spec confirmation with {type(spec_reply).__name__}")
-        spec = spec_from_json(spec_reply.spec_json) if spec_reply.spec_json else None
+        if confirm and not spec_reply.ok:  # our --config names another model: fail, never adopt theirs
+            raise SpecMismatch("the coordinator", spec_reply.spec_hash, confirm)
+        spec = spec_from_json(spec_reply.spec_json) if spec_reply.spec_json else local
         if spec is None:
             raise JoinRefused("the coordinator confirmed a spec this peer does not have")
         if spec.hash != reply.spec_hash:
@@ -304,7 +316,11 @@ class Peer(PeerBase):
         try:
             await self.report_ready()
             while True:
-                message = self._crossed or await self.stream.receive(timeout=None)
+                try:
+                    message = self._crossed or await self.stream.receive(timeout=None)
+                except LOST_COORDINATOR as exc:
+                    await self._rejoin(exc)
+                    continue
                 self._crossed = None
                 if isinstance(message, EndOfRun):
                     break
@@ -315,9 +331,10 @@ class Peer(PeerBase):
                             break
                     except _RunEnded:
                         break
-                    except (PeerClosedError, trio.BrokenResourceError) as exc:
+                    except LOST_COORDINATOR as exc:
                         if not self._ended_without_us(message, started):
-                            raise
+                            await self._rejoin(exc)
+                            continue
                         log.warning("peer %s: the coordinator closed the connection after the last round's "
                                     "deadline; the run ended without this peer's last upload (%s)", self.name, exc)
                         return self.history
@@ -325,6 +342,21 @@ class Peer(PeerBase):
         finally:
             await close_forcefully([self.stream])
         return self.history
+
+    async def _rejoin(self, exc: BaseException) -> None:
+        """The coordinator vanished without ending the run (a crash, Ctrl-C): join again, retrying
+        for ``connect_wait`` seconds, and carry on with what a resumed coordinator asks for. The
+        ledger and the local model are this peer's own and survive the reconnection."""
+        log.warning("peer %s lost the coordinator (%s); rejoining for up to %g s", self.name, exc,
+                    self.options.connect_wait)
+        await close_forcefully([self.stream])
+        ledger = self.ledger
+        await self.join(num_samples=self.data.num_samples if self.data is not None else 0)
+        self.ledger = ledger
+        self._crossed = None
+        self.last_round = -1  # a new session: the resumed coordinator's round numbers count again
+        await self.report_ready()
+        log.warning("peer %s rejoined %s", self.name, self.options.coordinator)
 
     def _ended_without_us(self, start: RoundStart, started: float) -> bool:
         """A closed connection in the last round, after its deadline (the coordinator closes a
@@ -394,6 +426,10 @@ class Peer(PeerBase):
                 raise _RunEnded()
             if isinstance(message, RoundStart):
                 self._crossed = message
+
+
+LOST_COORDINATOR = (PeerClosedError, trio.BrokenResourceError)
+"""A connection that ended without an EndOfRun: the coordinator may come back (``--resume``)."""
 
 
 class _RunEnded(Exception):

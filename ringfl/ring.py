@@ -28,13 +28,13 @@ import trio
 
 from ringfl.algorithms import make_gossip_algorithm
 from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage
-from ringfl.config import RunConfig
+from ringfl.config import RunConfig, check_mode
 from ringfl.coordinator import PeerSession, SessionServer, run_description, session_limits
-from ringfl.errors import ConfigError, TopologyError
+from ringfl.errors import ConfigError, RunAborted, TopologyError
 from ringfl.metrics import MetricsLog
 from ringfl.model import load_spec
 from ringfl.model.runtime import shared_model
-from ringfl.peer import PeerBase, PeerData, PeerOptions, close_forcefully
+from ringfl.peer import PeerBase, PeerData, PeerOptions, SpecMismatch, close_forcefully
 from ringfl.privacy.ledger import BudgetExhausted
 from ringfl.protocol import (
     Accept,
@@ -42,6 +42,7 @@ from ringfl.protocol import (
     AckReason,
     Connection,
     EndOfRun,
+    Heartbeat,
     JoinRequest,
     Message,
     Neighbour,
@@ -118,6 +119,7 @@ class Bootstrap(SessionServer):
                 raise TopologyError("ring mode needs a topology file")
             topology = load_topology(config.topology)
         self.topology = topology
+        check_mode(config.algorithm, ring=True)  # a coordinator-only algorithm would fail every peer's join
         spec = load_spec(config.model)
         num_params = _count_params(spec)
         config = config.replace(peers=topology.n, min_peers=min(config.min_peers, topology.n))
@@ -197,6 +199,9 @@ class Bootstrap(SessionServer):
                                        "dead": sorted(self.labels[i] for i in self.dead)})
             await self.send_quietly(session, message)
 
+    def rounds_done(self) -> int:
+        return self._current_round()
+
     def _current_round(self) -> int:
         return len([r for r in self.history if r["round"] > 0])
 
@@ -234,16 +239,25 @@ class Bootstrap(SessionServer):
         for session in self.alive():
             session.scheduled = True
         await self.broadcast(self.alive(), RoundStart(round=0, info={"rounds": self.config.rounds}))
-        while self._current_round() < self.config.rounds and self.alive():
+        while self._current_round() < self.config.rounds:
+            if not self.alive():
+                await self._wait_for_return()
             await self.progress.wait_until(lambda: self._relink_needed or self._round_complete(),
                                            trio.current_time() + 1.0)
-            if self._relink_needed:
+            if self._relink_needed and self.alive():  # with every node dead there is nothing to re-link
                 await self._send_neighbours()
                 await self._restart_newcomers()
             if self._round_complete():
                 self._record(self._current_round() + 1)
         await self.end_run("all rounds done")
         return self._summary()
+
+    async def _wait_for_return(self) -> None:
+        """Every peer left: wait ``join_timeout`` for one to come back, then give up with one line."""
+        timeout = self.config.join_timeout
+        if not await self.progress.wait_until(lambda: bool(self.alive()), trio.current_time() + timeout):
+            raise RunAborted(f"every ring peer left after round {self._current_round()} and none came back "
+                             f"within join_timeout {timeout:g} s")
 
     async def _restart_newcomers(self) -> None:
         """Peers that (re)joined after the start get the schedule from the current round on."""
@@ -614,8 +628,10 @@ class RingPeer(PeerBase):
             raise ConnectionError(f"neighbour {node} refused the link")
         await stream.send(SpecConfirm(spec_hash=run.spec.hash))
         reply = await stream.receive()
-        if not (isinstance(reply, SpecReply) and reply.ok):
-            raise ConnectionError(f"neighbour {node} runs another model")
+        if isinstance(reply, SpecReply) and not reply.ok:  # fail fast: waiting for it would never end
+            raise SpecMismatch(f"neighbour {self.label_of.get(node, node)}", reply.spec_hash, run.spec.hash)
+        if not isinstance(reply, SpecReply):
+            raise ConnectionError(f"neighbour {node} answered the spec confirmation with {type(reply).__name__}")
         self.out_streams[node] = stream
         if self.round_in_progress > 1:
             self.unsynced.add(node)  # a link (re)opened mid-run: the copies at its ends may differ
@@ -715,14 +731,19 @@ class RingPeer(PeerBase):
         stream = MessageStream(raw, conn, timeout=None)
         self.in_streams.append(stream)
         try:
-            join = await stream.receive(timeout=30.0)
-            assert isinstance(join, JoinRequest)
+            join = await _first_join(stream)
+            if join is None:
+                return
             self.in_labels[id(stream)] = join.sender
             sender = self.node_ids.get(join.sender, -1)
             await stream.send(Accept(num_params=run.num_params, spec_hash=run.spec.hash, mode="ring"))
             confirm = await stream.receive(timeout=30.0)
             ok = isinstance(confirm, SpecConfirm) and confirm.spec_hash == run.spec.hash
             await stream.send(SpecReply(ok=ok, spec_hash=run.spec.hash, spec_json="" if ok else run.spec.canonical_json()))
+            if not ok:  # the dialler fails fast on the reply; a stranger must not stop this peer
+                log.warning("peer %s: neighbour %s runs spec %s, this peer %s", self.name, join.sender,
+                            getattr(confirm, "spec_hash", "?")[:16], run.spec.hash[:16])
+                return
             async for message in stream:
                 if isinstance(message, Upload):
                     await stream.send(self._take(sender, message))
@@ -748,6 +769,19 @@ class RingPeer(PeerBase):
         if self.stream is not None:
             with trio.move_on_after(2.0):
                 await self.stream.aclose("done")
+
+
+async def _first_join(stream: MessageStream) -> JoinRequest | None:
+    """A neighbour's join; heartbeats may come first (the state table allows them before the
+    join). Anything else, or nothing within 30 s, ends the link (None)."""
+    with trio.move_on_after(30.0):
+        while True:
+            message = await stream.receive(timeout=30.0)
+            if isinstance(message, JoinRequest):
+                return message
+            if not isinstance(message, Heartbeat):
+                return None
+    return None
 
 
 def _addresses(topology: Topology) -> list[str]:
