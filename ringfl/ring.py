@@ -740,9 +740,12 @@ class RingPeer(PeerBase):
             confirm = await stream.receive(timeout=30.0)
             ok = isinstance(confirm, SpecConfirm) and confirm.spec_hash == run.spec.hash
             await stream.send(SpecReply(ok=ok, spec_hash=run.spec.hash, spec_json="" if ok else run.spec.canonical_json()))
-            if not ok:  # the dialler fails fast on the reply; a stranger must not stop this peer
-                log.warning("peer %s: neighbour %s runs spec %s, this peer %s", self.name, join.sender,
-                            getattr(confirm, "spec_hash", "?")[:16], run.spec.hash[:16])
+            if not ok:
+                theirs = str(getattr(confirm, "spec_hash", ""))
+                if join.sender in self.node_ids and theirs:  # a member of our topology: the run cannot work
+                    raise SpecMismatch(f"neighbour {join.sender}", theirs, run.spec.hash)
+                log.warning("peer %s: %r (not a node of the topology) runs spec %s", self.name, join.sender,
+                            theirs[:16])
                 return
             async for message in stream:
                 if isinstance(message, Upload):
