@@ -25,6 +25,10 @@ from ringfl.protocol import ProtocolError
 from ringfl.transport import TransportError
 
 Handler = Callable[[argparse.Namespace], int]
+DEMO_EPOCHS = 5
+DEMO_TRAINING = {"lr": 0.1, "batch_size": 16, "momentum": 0.9}
+"""The demo's local training: 5 epochs of momentum SGD per round take the 4 peers' FedAvg on
+digits to 0.964 in 5 rounds (the run-config default, 1 plain epoch, stops at 0.82)."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -225,7 +229,7 @@ def _default_name() -> str:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """A coordinator in this process and N peer processes on loopback, printing accuracy per round."""
-    from ringfl.config import RunConfig
+    from ringfl.config import RunConfig, TrainingConfig
     from ringfl.coordinator import Coordinator
     from ringfl.launch import peer_command, run_peer_processes, serve_until_done
     from ringfl.progress import RoundPrinter
@@ -233,7 +237,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     _setup_logging(args)
     config = RunConfig(peers=args.peers, min_peers=args.peers, rounds=args.rounds, port=0,
-                       algorithm=args.algorithm, run_id="demo")
+                       algorithm=args.algorithm, run_id="demo", training=TrainingConfig(epochs=args.epochs, **DEMO_TRAINING))
     out = Path(args.out) if args.out else None
     coordinator = Coordinator(config, TcpNetwork(), out)
     printer = RoundPrinter(config.rounds, title=f"demo: {args.peers} peers, {config.algorithm} on digits")
@@ -430,6 +434,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--algorithm", default="fedavg")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
+                   help=f"local epochs per round (default {DEMO_EPOCHS}: ≥ 0.95 on digits in 5 rounds)")
     p.add_argument("--out", help="write metrics.jsonl and summary.json here")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=_cmd_demo)
