@@ -143,6 +143,11 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         printer.progress.stop()
         return _stopped(server, stop, resumable=out is not None and not config.topology)
     printer.finish(summary, out)
+    if out is not None:  # what an experiment writes for one setting
+        from ringfl.run_report import write_run_report
+
+        write_run_report(out, config, server.history, summary)
+        print(f"report: {out / 'report.md'} (plots in {out / 'plots'})")
     return 0
 
 

@@ -650,7 +650,7 @@ class ReportingCoordinator(Coordinator):
 
     def on_report(self, session: PeerSession, report: PeerReport) -> None:
         metrics = dict(report.metrics)
-        played = int(metrics.get("round", report.round))  # peers count rounds from 0
+        played = int(report.round)  # the wire's round: rounds completed before this one
         self.reports.setdefault(played + 1, {})[session.index] = metrics
 
 

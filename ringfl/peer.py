@@ -398,8 +398,10 @@ class Peer(PeerBase):
                                       base_version=base, kind="gradient" if self.local_work == "gradient" else "delta"))
         ack = await self._expect(Ack)
         if not ack.accepted:
-            log.warning("peer %s: round %d upload rejected (%s)", self.name, round_, ack.detail or ack.reason)
-        metrics = {"round": round_, "train_loss": loss, "accepted": ack.accepted, "ack_reason": int(ack.reason),
+            log.warning("peer %s: round %d upload rejected (%s)", self.name, round_ + 1, ack.detail or ack.reason)
+        # People read rounds from 1 in both modes (docs/protocol.md §12.4); the wire's round_ counts
+        # the rounds completed before this one.
+        metrics = {"round": round_ + 1, "train_loss": loss, "accepted": ack.accepted, "ack_reason": int(ack.reason),
                    "epsilon": self.ledger.total, "seconds": round(time.perf_counter() - started, 3),
                    "rounds": self.run_info.rounds if self.run_info else 0,
                    "bytes_sent": self.stream.bytes_sent, "bytes_received": self.stream.bytes_received}

@@ -84,7 +84,9 @@ class PeerPrinter:
             self.progress.start()
         parts = [f"{self.name} round {metrics['round']:>3}"]
         for key in ("accuracy", "train_loss", "accepted", "epsilon", "seconds"):
-            if key in metrics and metrics[key] is not None:
+            if key == "epsilon" and not metrics.get(key):  # ε 0 would read as perfect privacy
+                parts.append("no DP")
+            elif key in metrics and metrics[key] is not None:
                 parts.append(f"{key.replace('_', ' ')} {_fmt(metrics[key], 3)}")
         if "bytes_sent" in metrics:
             parts.append(f"sent {human_bytes(metrics['bytes_sent'])}")

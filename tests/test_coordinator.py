@@ -246,7 +246,7 @@ async def test_acknowledged_uploads_survive_a_crash(tmp_path):
     peers = []
 
     def acked_in(round_: int) -> int:
-        return sum(1 for p in peers for m in p.history if m["round"] == round_ and m["accepted"])
+        return sum(1 for p in peers for m in p.history if m["round"] == round_ + 1 and m["accepted"])  # 1-based
 
     async with trio.open_nursery() as nursery:
         address = await nursery.start(coordinator.run)
@@ -330,7 +330,7 @@ async def test_a_slow_write_ahead_log_does_not_let_the_next_round_overtake_the_a
     with trio.fail_after(60):  # a skipped round start would wait out two round timeouts
         coordinator, peers = await run_coordinator(config, out_dir=tmp_path)
     assert [r["participants"] for r in coordinator.history[1:]] == [3, 3, 3]
-    assert all([m["round"] for m in p.history] == [0, 1, 2] for p in peers)
+    assert all([m["round"] for m in p.history] == [1, 2, 3] for p in peers)  # as people count them
 
 
 async def test_a_round_start_that_crosses_the_ack_is_kept_for_next():

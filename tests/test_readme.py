@@ -91,12 +91,13 @@ def _check(block: str, work: Path, done: subprocess.CompletedProcess[str]) -> No
     assert "Traceback" not in output and "error:" not in output, output[-3000:]
     if re.search(r"\bringfl demo\b", block):
         match = re.search(r"final accuracy ([0-9.]+)", output)
-        assert match, output[-2000:]
+        assert match and float(match.group(1)) >= 0.95, output[-2000:]  # the demo's promise
     for out in re.findall(r"ringfl coordinator .*--out (\S+)", block):
         summary = json.loads((work / out / "summary.json").read_text())
         assert summary["rounds"] == 2 and "interrupted" not in summary, summary
         accuracy = summary["accuracy_per_round"]
         assert accuracy[-1] > accuracy[0], summary  # it learned
+        assert (work / out / "report.md").is_file() and (work / out / "plots" / "accuracy_vs_round.png").is_file()
 
 
 def test_readme_has_the_blocks_this_test_knows() -> None:
