@@ -389,8 +389,12 @@ class SessionServer:
 
         deadline = trio.current_time() + config.join_timeout
         await self.progress.wait_until(lambda: ready() >= config.peers, deadline)
-        if ready() < config.min_peers:  # join_timeout is a promise: never wait past it
-            raise RunAborted(f"only {ready()} of {config.peers} peer(s) ready after join_timeout "
+        # Never wait past join_timeout for peers that are not there; joined ones still loading
+        # their model and data get their time, unless they leave too.
+        await self.progress.wait_until(
+            lambda: ready() >= config.min_peers or len(self.alive()) < config.min_peers, math.inf)
+        if ready() < config.min_peers:
+            raise RunAborted(f"only {len(self.alive())} of {config.peers} peer(s) joined within join_timeout "
                              f"{config.join_timeout:g} s (min_peers {config.min_peers})")
 
     async def end_run(self, reason: str) -> None:

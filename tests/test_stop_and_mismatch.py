@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 import pytest
 
 from ringfl.cli import main
@@ -165,4 +168,47 @@ def test_join_timeout_is_honoured_without_peers(tmp_path, capsys):
     started = time.monotonic()
     assert main(["coordinator", "--config", str(tmp_path / "run.yaml"), "--port", "0", "--peers", "2"]) == 2
     assert time.monotonic() - started < 20
-    assert "after join_timeout 1 s" in capsys.readouterr().err
+    assert "joined within join_timeout 1 s" in capsys.readouterr().err
+
+
+async def test_a_bootstrap_whose_peers_all_left_gives_up_at_join_timeout():
+    """It used to fail re-linking ("cannot remove every node") or end with "done: 0 rounds"."""
+    import trio
+
+    from ringfl.errors import RunAborted
+    from ringfl.peer import PeerOptions
+    from ringfl.ring import Bootstrap, RingPeer
+    from ringfl.topology import generate
+    from ringfl.transport import MemoryNetwork
+    from tests.helpers import demo_config
+
+    config = demo_config(algorithm="gossip-dssgd", rounds=50, join_timeout=10.0,
+                         algorithm_settings={"theta_u": 0.1})
+    network = MemoryNetwork()
+    bootstrap = Bootstrap(config, network, topology=generate("ring", 3))
+    failures: list[BaseException] = []
+    left = [0.0]
+
+    async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await bootstrap.run(task_status=task_status)
+        except BaseException as exc:  # noqa: BLE001 - trio wraps it in a group: unwrapped below
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            failures.append(exc)
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve)
+            async with trio.open_nursery() as peers:
+                for label in bootstrap.labels:
+                    peers.start_soon(RingPeer(network, PeerOptions(coordinator=address, name=label,
+                                                                   run_id=config.run_id, eval_samples=100)).run)
+                while not bootstrap.history:
+                    await trio.sleep(0.01)
+                peers.cancel_scope.cancel()  # every peer goes away at once
+            left[0] = trio.current_time()
+    assert len(failures) == 1 and isinstance(failures[0], RunAborted), failures
+    assert "every ring peer left after round" in str(failures[0])
+    assert 1 <= len(bootstrap.history) < 50
+    assert trio.current_time() - left[0] < 30  # join_timeout (10 s), not forever
