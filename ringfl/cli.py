@@ -254,7 +254,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     for i in range(args.peers)]
         await run_peer_processes(commands)
 
-    summary = trio.run(serve_until_done, coordinator, start_peers)
+    from ringfl.interrupt import Interrupted, until_signal
+
+    try:
+        summary = trio.run(until_signal, serve_until_done, coordinator, start_peers)
+    except Interrupted as stop:
+        printer.progress.stop()
+        return _stopped(coordinator, stop, resumable=False)
     printer.finish(summary, out)
     return 0
 
@@ -481,11 +487,20 @@ def _user_facing(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, (RingflError, TransportError, ProtocolError)) else None
 
 
+def _only_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_interrupts(inner) for inner in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (Exception, BaseExceptionGroup) as exc:
+        if _only_interrupts(exc):  # Ctrl-C before a command's own handling was in place
+            print("interrupted", file=sys.stderr)
+            return 130
         error = _user_facing(exc)
         if error is None:
             raise
