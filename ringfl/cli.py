@@ -141,7 +141,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         summary = trio.run(until_signal, serve_until_done, server, announce)
     except Interrupted as stop:
         printer.progress.stop()
-        return _stopped(server, stop, resumable=out is not None and not config.topology)
+        return _stopped(server, stop, hint=_resume_hint(out, ring=bool(config.topology)))
     printer.finish(summary, out)
     if out is not None:  # what an experiment writes for one setting
         from ringfl.run_report import write_run_report
@@ -151,11 +151,16 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopped(server: Any, stop: Any, *, resumable: bool) -> int:
+def _resume_hint(out: Path | None, *, ring: bool) -> str:
+    if ring:
+        return "a bootstrap does not resume; start the run again"
+    return "continue with --resume" if out is not None else "nothing saved to resume from (no --out)"
+
+
+def _stopped(server: Any, stop: Any, *, hint: str) -> int:
     """Ctrl-C / SIGTERM: summary.json marked interrupted, one line, exit 128 + signal."""
     server.stopped_summary(stop.name)
     done = server.rounds_done()
-    hint = "continue with --resume" if resumable else "nothing to resume (no --out, or ring mode)"
     print(f"interrupted at round {done + 1} of {server.config.rounds} ({stop.name}, {done} done); {hint}",
           file=sys.stderr)
     return stop.exit_status
@@ -260,7 +265,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         summary = trio.run(until_signal, serve_until_done, coordinator, start_peers)
     except Interrupted as stop:
         printer.progress.stop()
-        return _stopped(coordinator, stop, resumable=False)
+        return _stopped(coordinator, stop, hint="the demo does not resume; run it again")
     printer.finish(summary, out)
     return 0
 

@@ -163,6 +163,8 @@ class Bootstrap(SessionServer):
             self._relink_soon()
 
     def on_leave(self, session: PeerSession) -> None:
+        if trio.current_effective_deadline() == -math.inf:  # we are being stopped (Ctrl-C): all leave
+            return
         if self.running and self.started_rounds:
             log.warning("ring peer %s left; re-linking around it", session.peer_id)
             self.dead.add(session.index)
