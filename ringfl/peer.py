@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 class JoinRefused(RingflError):
     """The coordinator refused this peer (wrong run, duplicate name, run over...)."""
 
+    reason: int | None = None  # the Reject's reason, when it was a Reject
+
 
 class SpecMismatch(JoinRefused):
     """This peer was configured with another model than the run's."""
@@ -178,8 +180,10 @@ class PeerBase:
         except (RemoteProtocolError, PeerError) as exc:  # e.g. a wrong or missing run token
             raise JoinRefused(f"join failed: {exc}") from None
         if isinstance(reply, Reject):
-            raise JoinRefused(f"coordinator refused to let {self.name!r} join: "
-                              f"{RejectReason(reply.reason).name.lower()} ({reply.detail})")
+            refused = JoinRefused(f"coordinator refused to let {self.name!r} join: "
+                                  f"{RejectReason(reply.reason).name.lower()} ({reply.detail})")
+            refused.reason = reply.reason
+            raise refused
         if not isinstance(reply, Accept):
             raise JoinRefused(f"coordinator answered the join with {type(reply).__name__}")
         local = load_spec(self.options.model) if self.options.model else None
@@ -319,7 +323,8 @@ class Peer(PeerBase):
                 try:
                     message = self._crossed or await self.stream.receive(timeout=None)
                 except LOST_COORDINATOR as exc:
-                    await self._rejoin(exc)
+                    if not await self._rejoin(exc):
+                        break
                     continue
                 self._crossed = None
                 if isinstance(message, EndOfRun):
@@ -333,7 +338,8 @@ class Peer(PeerBase):
                         break
                     except LOST_COORDINATOR as exc:
                         if not self._ended_without_us(message, started):
-                            await self._rejoin(exc)
+                            if not await self._rejoin(exc):
+                                break
                             continue
                         log.warning("peer %s: the coordinator closed the connection after the last round's "
                                     "deadline; the run ended without this peer's last upload (%s)", self.name, exc)
@@ -343,20 +349,29 @@ class Peer(PeerBase):
             await close_forcefully([self.stream])
         return self.history
 
-    async def _rejoin(self, exc: BaseException) -> None:
+    async def _rejoin(self, exc: BaseException) -> bool:
         """The coordinator vanished without ending the run (a crash, Ctrl-C): join again, retrying
         for ``connect_wait`` seconds, and carry on with what a resumed coordinator asks for. The
-        ledger and the local model are this peer's own and survive the reconnection."""
+        ledger and the local model are this peer's own and survive the reconnection. False: the
+        run ended meanwhile (the coordinator says so), which is a normal end for this peer."""
         log.warning("peer %s lost the coordinator (%s); rejoining for up to %g s", self.name, exc,
                     self.options.connect_wait)
         await close_forcefully([self.stream])
         ledger = self.ledger
-        await self.join(num_samples=self.data.num_samples if self.data is not None else 0)
-        self.ledger = ledger
+        try:
+            await self.join(num_samples=self.data.num_samples if self.data is not None else 0)
+        except JoinRefused as refused:
+            if refused.reason != RejectReason.RUN_ENDED:
+                raise
+            log.warning("peer %s: the run ended while it was away", self.name)
+            return False
+        finally:
+            self.ledger = ledger
         self._crossed = None
         self.last_round = -1  # a new session: the resumed coordinator's round numbers count again
         await self.report_ready()
         log.warning("peer %s rejoined %s", self.name, self.options.coordinator)
+        return True
 
     def _ended_without_us(self, start: RoundStart, started: float) -> bool:
         """A closed connection in the last round, after its deadline (the coordinator closes a
