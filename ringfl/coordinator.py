@@ -427,6 +427,13 @@ def _plain(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def _secagg(coordinator: Coordinator) -> Any:
+    """Secure aggregation for this coordinator (imported only when a run asks for it)."""
+    from ringfl.secagg.server import SecAggCoordinator
+
+    return SecAggCoordinator(coordinator)
+
+
 def default_order(config: RunConfig) -> str:
     """DSSGD's reference exchange is round robin; naive FedSGD/FedAvg are synchronous."""
     if config.order != "auto":
@@ -474,6 +481,7 @@ class Coordinator(SessionServer):
             self.wal.reset()
         send, receive = trio.open_memory_channel[PoolItem](config.pool_size)
         self._pool_send, self._pool_receive = send, receive
+        self.secagg = None if config.secagg is None else _secagg(self)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -515,6 +523,8 @@ class Coordinator(SessionServer):
                                              model_version=self.round))
         elif isinstance(message, Upload):
             await self._pool_upload(session, message)
+        elif self.secagg is not None and self.secagg.handles(message):
+            await self.secagg.on_message(session, message)
         else:
             await super().on_request(session, message)
 
@@ -645,7 +655,8 @@ class Coordinator(SessionServer):
         if self.round == 0 and not self.history:
             await self._record(0, [])
         while self.round < self.config.rounds:
-            participants = await (self._play_async() if self.order == "async" else self._play_round())
+            participants = await (self._play_async() if self.order == "async" else
+                                  self.secagg.play_round() if self.secagg else self._play_round())
             self.algorithm.end_round()
             self.round_open = False
             self.round += 1
@@ -754,6 +765,8 @@ class Coordinator(SessionServer):
             summary["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
             summary["epsilon_advanced"] = {p: _finite_or_none(lg.advanced_total())
                                            for p, lg in sorted(self.ledgers.items())}
+        if self.secagg is not None:
+            summary["secagg"] = self.secagg.summary()
         if self.metrics:
             self.metrics.write_summary(summary)
         return summary
