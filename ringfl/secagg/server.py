@@ -63,6 +63,7 @@ class SecAggCoordinator:
         self.settings = settings_from_config(coordinator.config)
         self.current: ServerRound | None = None
         self.failure: SecAggAbort | None = None
+        self.acked: set[tuple[str, int]] = set()  # (peer, round): each round is acked once
         self.closed_rounds = 0  # rounds whose noisy sum was released (for the DP accountant)
         self.history: list[dict[str, Any]] = []
 
@@ -75,7 +76,7 @@ class SecAggCoordinator:
     async def on_message(self, session: PeerSession, message: Message) -> None:
         current = self.current
         if current is None or message.round != current.round or self.failure is not None:
-            await self._turn_away(session, "it arrived after its round closed")
+            await self._turn_away(session, message.round, "it arrived after its round closed")
             return
         add: Callable[[str, Any], bool] = {
             SecAggKeys: current.add_keys, SecAggShares: current.add_shares,
@@ -83,17 +84,23 @@ class SecAggCoordinator:
         }[type(message)]
         try:
             if not add(session.peer_id, message):
-                await self._turn_away(session, f"it arrived after the {current.phase} phase began")
+                await self._turn_away(session, message.round, f"it arrived after the {current.phase} phase began")
         except SecAggAbort as exc:
             self.failure = exc
         self.c.progress.notify()
 
-    async def _turn_away(self, session: PeerSession, why: str) -> None:
+    async def _turn_away(self, session: PeerSession, round_: int, why: str) -> None:
         """A message too late for its phase: the peer sits this round out (its session waits
         for an ack; a reply that crossed our ack needs none)."""
-        if session.stream.conn.state in SECAGG:
-            await self.c.send_quietly(session, Ack(accepted=False, reason=AckReason.STALE, round=self.c.round,
-                                                   detail=f"secure aggregation: {why}"))
+        await self._ack(session, round_, Ack(accepted=False, reason=AckReason.STALE, round=round_,
+                                             detail=f"secure aggregation: {why}"))
+
+    async def _ack(self, session: PeerSession, round_: int, ack: Ack) -> None:
+        """Close ``round_`` for this peer, once, if its session is still inside a secagg round."""
+        key = (session.peer_id, round_)
+        if key not in self.acked and session.stream.conn.state in (*SECAGG, State.UPLOADING):
+            self.acked.add(key)
+            await self.c.send_quietly(session, ack)
 
     # --- one round ---------------------------------------------------------------------------------
 
@@ -169,13 +176,15 @@ class SecAggCoordinator:
     async def _acknowledge(self, peers: list[PeerSession], summed: set[str], aborted: str | None) -> None:
         """Every participant still inside the round learns whether its input went into the sum."""
         detail = aborted or "secure aggregation: this peer's input was not in the sum"
+        round_ = self.c.round
+        self.acked = {key for key in self.acked if key[1] >= round_}
         async with trio.open_nursery() as nursery:
             for session in peers:
-                if session.alive and session.stream.conn.state in (*SECAGG, State.UPLOADING):
+                if session.alive:
                     ok = session.peer_id in summed
-                    ack = Ack(accepted=ok, reason=AckReason.OK if ok else AckReason.POLICY, round=self.c.round,
+                    ack = Ack(accepted=ok, reason=AckReason.OK if ok else AckReason.POLICY, round=round_,
                               detail="" if ok else detail)
-                    nursery.start_soon(self.c.send_quietly, session, ack)
+                    nursery.start_soon(self._ack, session, round_, ack)
 
     # --- records -------------------------------------------------------------------------------------
 
