@@ -52,7 +52,7 @@ def test_quantised_sum_is_exact_within_the_documented_bound(n: int, bound: float
     for x in xs:
         total += q.encode(x)
     error = np.abs(q.decode_sum(total, n) - q.clip(xs).sum(axis=0)).max()
-    assert error <= q.error_bound(n) * (1 + 1e-9)
+    assert error <= q.error_bound(n) + 1e-12 * n * bound  # + float64 rounding of the reference sum
 
 
 def test_quantizer_refuses_what_32_bits_cannot_hold() -> None:
