@@ -314,3 +314,12 @@ def test_secagg_refuses_runs_it_cannot_protect() -> None:
         Coordinator(demo_config(algorithm="dssgd", secagg={}), MemoryNetwork())
     with pytest.raises(ConfigError, match="noise_multiplier"):
         Coordinator(demo_config(secagg={"noise_multiplier": 1.0}), MemoryNetwork())
+
+
+async def test_distributed_dp_fedavg_records_its_privacy() -> None:
+    config = demo_config(rounds=2, peers=4, secagg={"noise_multiplier": 0.8, "clip_norm": 0.5, "bound": 2.0})
+    coordinator, peers = await run_coordinator(config)
+    privacy = coordinator._summary()["secagg"]["privacy"]
+    assert privacy == {"noise_multiplier": 0.8, "clip_norm": 0.5, "delta": 1e-5, "rounds": 2,
+                       "epsilon": dp.epsilon(0.8, 2, 1e-5)}
+    assert all(m["accepted"] for peer in peers for m in peer.history)
