@@ -458,6 +458,7 @@ class Coordinator(SessionServer):
         if self.order == "async" and acceptance.max_staleness < 1:  # the round moves under every peer
             acceptance = dataclasses.replace(acceptance, max_staleness=1)
         self.policy = AcceptancePolicy(acceptance, self.num_params)
+        self.secagg = None if config.secagg is None else _secagg(self)
         self.pool_stats = PoolStats()
         self.ledgers: dict[str, PrivacyLedger] = {}
         self.round = 0
@@ -481,7 +482,6 @@ class Coordinator(SessionServer):
             self.wal.reset()
         send, receive = trio.open_memory_channel[PoolItem](config.pool_size)
         self._pool_send, self._pool_receive = send, receive
-        self.secagg = None if config.secagg is None else _secagg(self)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -499,6 +499,8 @@ class Coordinator(SessionServer):
             "applied": self.pool_stats.applied,
         }
         meta["seen"] = sorted(self.policy.seen)
+        if self.secagg is not None:
+            meta["secagg_rounds"] = self.secagg.closed_rounds  # noisy sums released, for ε
         save_checkpoint(self.checkpoint_path, self.algorithm.state(), meta)
         if self.wal is not None:
             self.wal.reset()
@@ -510,6 +512,8 @@ class Coordinator(SessionServer):
         self.round, self.version = int(meta["round"]), int(meta["version"])
         self.indices = {k: int(v) for k, v in meta["indices"].items()}
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
+        if self.secagg is not None:
+            self.secagg.closed_rounds = int(meta.get("secagg_rounds", 0))
         self.pool_stats.applied = int(meta.get("applied", 0))
         self.policy.restore({(str(peer), int(r)) for peer, r in meta.get("seen", [])})
         self._replay_log(self.pool_stats.applied)

@@ -316,10 +316,13 @@ def test_secagg_refuses_runs_it_cannot_protect() -> None:
         Coordinator(demo_config(secagg={"noise_multiplier": 1.0}), MemoryNetwork())
 
 
-async def test_distributed_dp_fedavg_records_its_privacy() -> None:
-    config = demo_config(rounds=2, peers=4, secagg={"noise_multiplier": 0.8, "clip_norm": 0.5, "bound": 2.0})
-    coordinator, peers = await run_coordinator(config)
+async def test_distributed_dp_fedavg_records_its_privacy_across_a_resume(tmp_path) -> None:
+    secagg = {"noise_multiplier": 0.8, "clip_norm": 0.5, "bound": 2.0}
+    coordinator, peers = await run_coordinator(demo_config(rounds=2, peers=4, secagg=secagg), out_dir=tmp_path)
     privacy = coordinator._summary()["secagg"]["privacy"]
     assert privacy == {"noise_multiplier": 0.8, "clip_norm": 0.5, "delta": 1e-5, "rounds": 2,
                        "epsilon": dp.epsilon(0.8, 2, 1e-5)}
+    assert [r["epsilon"] for r in coordinator.secagg.history] == [dp.epsilon(0.8, r, 1e-5) for r in (1, 2)]
     assert all(m["accepted"] for peer in peers for m in peer.history)
+    resumed, _ = await run_coordinator(demo_config(rounds=3, peers=4, secagg=secagg), out_dir=tmp_path, resume=True)
+    assert resumed._summary()["secagg"]["privacy"]["rounds"] == 3  # ε counts the rounds before the restart

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import trio
 
 from ringfl.config import build
 from ringfl.protocol import Ack
@@ -47,7 +48,9 @@ async def secure_upload(peer: Peer, info: dict[str, Any], update: Vector, round_
         return inbox
     contribution = clip_and_noise(as_dense(update), settings.clip_norm, settings.noise_multiplier,
                                   roster.threshold, np.random.default_rng())
-    await stream.send(client.masked(inbox, quantizer.encode(contribution), peer.data.num_samples))
+    masked = await trio.to_thread.run_sync(client.masked, inbox, quantizer.encode(contribution),
+                                           peer.data.num_samples)  # n mask PRGs: off the event loop
+    await stream.send(masked)
     request = await peer._expect((SecAggUnmaskRequest, Ack))
     if isinstance(request, Ack):
         return request

@@ -324,6 +324,11 @@ class ServerRound:
         survivors = set(self.survivors)
         if len(survivors) < self.threshold:
             raise self.abort(f"only {len(survivors)} masked inputs arrived, {self.threshold} needed")
+        for peer in sorted(self.sharers):  # a sparse graph can starve one neighbourhood
+            left = len(survivors & {*self.members[peer].neighbours, peer})
+            if left < self.threshold:
+                raise self.abort(f"only {left} of {peer}'s share holders sent masked inputs, "
+                                 f"{self.threshold} needed")
         for peer in sorted(survivors):
             senders = [p for p in self.members[peer].neighbours if p in self.sharers]
             self.requests[peer] = SecAggUnmaskRequest(
@@ -350,7 +355,9 @@ class ServerRound:
         return True
 
     def result(self) -> tuple[np.ndarray, list[str]]:
-        """Σ of the survivors' quantised inputs (uint32 words) and who they are."""
+        """Σ of the survivors' quantised inputs (uint32 words) and who they are. May run on a
+        worker thread: set ``phase = "result"`` first, so nothing is added meanwhile."""
+        self.phase = "result"
         survivors = self.survivors
         total = np.zeros(self.num_params, np.uint32)
         for peer in survivors:

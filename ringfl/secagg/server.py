@@ -83,7 +83,7 @@ class SecAggCoordinator:
             SecAggMasked: current.add_masked, SecAggUnmask: current.add_unmask,
         }[type(message)]
         try:
-            if not add(session.peer_id, message):
+            if not add(session.peer_id, message) and current.phase != "result":  # else: the closing ack
                 await self._turn_away(session, message.round, f"it arrived after the {current.phase} phase began")
         except SecAggAbort as exc:
             self.failure = exc
@@ -126,9 +126,11 @@ class SecAggCoordinator:
             await self._phase(list(current.sharers), lambda: current.survivors)
             requests = set(await self._send(current.unmask_requests()))
             await self._phase(requests, lambda: requests - set(current.requests))
-            total, survivors = current.result()
+            current.phase = "result"  # late shares are ignored from here on
+            total, survivors = await trio.to_thread.run_sync(current.result)  # keep the loop responsive
             self._submit(quantizer.decode_sum(total, len(survivors)) / len(survivors), survivors)
-            record.update(survivors=len(survivors), error_bound=quantizer.error_bound(len(survivors)))
+            record.update(survivors=len(survivors), error_bound=quantizer.error_bound(len(survivors)),
+                          **({"epsilon": self.privacy()["epsilon"]} if self.settings.noise_multiplier else {}))
         except SecAggAbort as exc:
             log.warning("%s", exc)
             record["aborted"] = str(exc)
