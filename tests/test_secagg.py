@@ -326,3 +326,26 @@ async def test_distributed_dp_fedavg_records_its_privacy_across_a_resume(tmp_pat
     assert all(m["accepted"] for peer in peers for m in peer.history)
     resumed, _ = await run_coordinator(demo_config(rounds=3, peers=4, secagg=secagg), out_dir=tmp_path, resume=True)
     assert resumed._summary()["secagg"]["privacy"]["rounds"] == 3  # ε counts the rounds before the restart
+
+
+def test_a_starved_neighbourhood_aborts_before_unmasking() -> None:
+    """SecAgg+: enough masked inputs overall, but one peer's share holders mostly dropped."""
+    inputs = peer_inputs(12, size=64)
+    settings = SecAggSettings(degree=4, max_dropout=0.2)
+    from ringfl.secagg.rounds import ServerRound
+
+    server = ServerRound(0, "sim", settings, 64)
+    clients = {p: ClientRound(p, 0, "sim", settings, 64) for p in inputs}
+    for p, c in clients.items():
+        server.add_keys(p, c.keys())
+    rosters = server.rosters()
+    victim = "p00"
+    gone = set(server.members[victim].neighbours[:2])  # 2 of its 5 holders; t = 4
+    for p, c in clients.items():
+        server.add_shares(p, c.shares(rosters[p]))
+    inboxes = server.inboxes()
+    for p, c in clients.items():
+        if p not in gone:
+            server.add_masked(p, c.masked(inboxes[p], Quantizer(1.0, 12).encode(inputs[p])))
+    with pytest.raises(SecAggAbort, match="only 3 of p00's share holders sent masked inputs, 4 needed"):
+        server.unmask_requests()
