@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import ringfl.secagg.client as secagg_client
+from ringfl.config import parse_config
 from ringfl.errors import ConfigError
 from ringfl.peer import Peer
 from ringfl.protocol import LocalProtocolError, RemoteProtocolError, decode, encode
@@ -143,6 +144,25 @@ def test_thirty_percent_drop_and_the_round_closes_with_the_right_sum(phase: str)
     expected = sorted(inputs) if phase == "unmask" else sorted(set(inputs) - dead)
     assert result.survivors == expected
     assert decoded_error(result, inputs, quantizer) <= quantizer.error_bound(len(expected))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(3, 9), degree=st.sampled_from([0, 2, 4]), data=st.data())
+def test_any_allowed_dropout_pattern_gives_the_right_sum(n: int, degree: int, data) -> None:
+    inputs = peer_inputs(n, seed=n, size=32)
+    settings = SecAggSettings(max_dropout=0.3, degree=degree)
+    budget = int(0.3 * n) if degree == 0 else 0  # a sparse graph may starve one neighbourhood
+    dead = data.draw(st.lists(st.sampled_from(sorted(inputs)), max_size=budget, unique=True))
+    phases = data.draw(st.lists(st.sampled_from(["shares", "masked", "unmask"]), min_size=len(dead),
+                                max_size=len(dead)))
+    drop: dict[str, set[str]] = {}
+    for peer, phase in zip(dead, phases):
+        drop.setdefault(phase, set()).add(peer)
+    quantizer = Quantizer(1.0, n)
+    result = simulate_round(inputs, settings, quantizer, drop=drop)
+    gone_early = drop.get("shares", set()) | drop.get("masked", set())
+    assert result.survivors == sorted(set(inputs) - gone_early)
+    assert decoded_error(result, inputs, quantizer) <= quantizer.error_bound(len(result.survivors))
 
 
 def test_secagg_plus_graph_survives_a_dropout_with_fewer_bytes() -> None:
@@ -314,6 +334,8 @@ def test_secagg_refuses_runs_it_cannot_protect() -> None:
         Coordinator(demo_config(algorithm="dssgd", secagg={}), MemoryNetwork())
     with pytest.raises(ConfigError, match="noise_multiplier"):
         Coordinator(demo_config(secagg={"noise_multiplier": 1.0}), MemoryNetwork())
+    with pytest.raises(ConfigError, match="secagg: unknown field 'k'"):
+        Coordinator(parse_config({"secagg": {"k": 3}}), MemoryNetwork())
 
 
 async def test_distributed_dp_fedavg_records_its_privacy_across_a_resume(tmp_path) -> None:
