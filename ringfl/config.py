@@ -109,6 +109,7 @@ class RunConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
     algorithm_settings: dict[str, Any] = field(default_factory=dict)
+    secagg: dict[str, Any] | None = None  # secure aggregation (ringfl.secagg.SecAggSettings); None: off
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with top-level fields changed (CLI flags override the file this way)."""

@@ -452,6 +452,13 @@ def _plain(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def _secagg(coordinator: Coordinator) -> Any:
+    """Secure aggregation for this coordinator (imported only when a run asks for it)."""
+    from ringfl.secagg.server import SecAggCoordinator
+
+    return SecAggCoordinator(coordinator)
+
+
 def default_order(config: RunConfig) -> str:
     """DSSGD's reference exchange is round robin; naive FedSGD/FedAvg are synchronous."""
     if config.order != "auto":
@@ -476,6 +483,7 @@ class Coordinator(SessionServer):
         if self.order == "async" and acceptance.max_staleness < 1:  # the round moves under every peer
             acceptance = dataclasses.replace(acceptance, max_staleness=1)
         self.policy = AcceptancePolicy(acceptance, self.num_params)
+        self.secagg = None if config.secagg is None else _secagg(self)
         self.pool_stats = PoolStats()
         self.ledgers: dict[str, PrivacyLedger] = {}
         self.round = 0
@@ -516,6 +524,8 @@ class Coordinator(SessionServer):
             "applied": self.pool_stats.applied,
         }
         meta["seen"] = sorted(self.policy.seen)
+        if self.secagg is not None:
+            meta["secagg_rounds"] = self.secagg.closed_rounds  # noisy sums released, for ε
         save_checkpoint(self.checkpoint_path, self.algorithm.state(), meta)
         if self.wal is not None:
             self.wal.reset()
@@ -527,6 +537,8 @@ class Coordinator(SessionServer):
         self.round, self.version = int(meta["round"]), int(meta["version"])
         self.indices = {k: int(v) for k, v in meta["indices"].items()}
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
+        if self.secagg is not None:
+            self.secagg.closed_rounds = int(meta.get("secagg_rounds", 0))
         self.pool_stats.applied = int(meta.get("applied", 0))
         self.policy.restore({(str(peer), int(r)) for peer, r in meta.get("seen", [])})
         self._replay_log(self.pool_stats.applied)
@@ -540,6 +552,8 @@ class Coordinator(SessionServer):
                                              model_version=self.round))
         elif isinstance(message, Upload):
             await self._pool_upload(session, message)
+        elif self.secagg is not None and self.secagg.handles(message):
+            await self.secagg.on_message(session, message)
         else:
             await super().on_request(session, message)
 
@@ -671,7 +685,8 @@ class Coordinator(SessionServer):
             await self._record(0, [])
             self._checkpoint()  # so a run stopped in its first round can --resume too
         while self.round < self.config.rounds:
-            participants = await (self._play_async() if self.order == "async" else self._play_round())
+            participants = await (self._play_async() if self.order == "async" else
+                                  self.secagg.play_round() if self.secagg else self._play_round())
             self.algorithm.end_round()
             self.round_open = False
             self.round += 1
@@ -782,6 +797,8 @@ class Coordinator(SessionServer):
             summary["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
             summary["epsilon_advanced"] = {p: _finite_or_none(lg.advanced_total())
                                            for p, lg in sorted(self.ledgers.items())}
+        if self.secagg is not None:
+            summary["secagg"] = self.secagg.summary()
         if self.metrics:
             self.metrics.write_summary(summary)
         return summary

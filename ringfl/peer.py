@@ -307,6 +307,7 @@ class Peer(PeerBase):
     """A coordinator-mode participant: request, train, upload, repeat until the end of the run."""
 
     _crossed: RoundStart | None = None  # a round start that arrived while a round was under way
+    _secagg: dict[str, Any] | None = None  # this round's secure-aggregation settings, if any
 
     async def run(self) -> list[dict[str, Any]]:
         """Take part until the coordinator ends the run; returns per-round metrics."""
@@ -382,6 +383,7 @@ class Peer(PeerBase):
 
     async def _play_rounds(self, start: RoundStart) -> bool:
         """One round, or (asynchronous DSSGD) all remaining epochs back to back."""
+        self._secagg = start.info.get("secagg")
         if not start.info.get("async"):
             return await self._play_round(start.round)
         for epoch in range(start.round, start.round + int(start.info.get("epochs", 1))):
@@ -409,9 +411,14 @@ class Peer(PeerBase):
         self.save_ledger()
         update = self.corrupt(update, self.rng)
         self.local = end
-        await self.stream.send(Upload(round=round_, vector=update, num_samples=self.data.num_samples,
-                                      base_version=base, kind="gradient" if self.local_work == "gradient" else "delta"))
-        ack = await self._expect(Ack)
+        if self._secagg is not None:
+            from ringfl.secagg.client import secure_upload
+
+            ack = await secure_upload(self, self._secagg, update, round_)
+        else:
+            await self.stream.send(Upload(round=round_, vector=update, num_samples=self.data.num_samples,
+                                          base_version=base, kind="gradient" if self.local_work == "gradient" else "delta"))
+            ack = await self._expect(Ack)
         if not ack.accepted:
             log.warning("peer %s: round %d upload rejected (%s)", self.name, round_ + 1, ack.detail or ack.reason)
         # People read rounds from 1 in both modes (docs/protocol.md §12.4); the wire's round_ counts
@@ -431,7 +438,7 @@ class Peer(PeerBase):
             return start - grad, float("nan")
         return await self.train(start, round_)
 
-    async def _expect(self, kind: type[Message]) -> Any:
+    async def _expect(self, kind: type[Message] | tuple[type[Message], ...]) -> Any:
         """The next message of type ``kind``. Notifications may cross it: a round start that
         overtook our acknowledgement is kept for after this round, anything else is skipped."""
         assert self.stream is not None

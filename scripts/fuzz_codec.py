@@ -65,6 +65,18 @@ from ringfl.protocol import (
     decode,
     encode,
 )
+from ringfl.protocol.messages import (
+    SECAGG_KEY_SIZE,
+    SECAGG_SEALED_SIZE,
+    SECAGG_SHARE_SIZE,
+    SecAggInbox,
+    SecAggKeys,
+    SecAggMasked,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
+    SecAggUnmaskRequest,
+)
 from ringfl.vectors import SparseVector
 
 FRAME_HEAD = struct.Struct(">II")
@@ -146,8 +158,44 @@ def sample_message(rng: random.Random, cls: type[Message]) -> Message:
         Heartbeat: lambda: {},
         Goodbye: lambda: dict(reason=_text(rng)),
         Error: lambda: dict(code=rng.randint(1, 7), detail=_text(rng)),
+        **_secagg_builders(rng),
     }
     return cls(**envelope, **builders[cls]())
+
+
+def _blob(rng: random.Random, size: int) -> np.ndarray:
+    return np.frombuffer(bytes(rng.getrandbits(8) for _ in range(size)), dtype=np.uint8)
+
+
+def _ids(rng: random.Random) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_text(rng) for _ in range(rng.randint(0, 4))))
+
+
+def _secagg_builders(rng: random.Random) -> dict[type[Message], Callable[[], dict[str, Any]]]:
+    """The secure-aggregation messages (fixed-size blobs per listed peer)."""
+    def roster() -> dict[str, Any]:
+        peers = _ids(rng) or ("p",)
+        return dict(peers=peers, points=np.arange(1, len(peers) + 1, dtype=np.uint32),
+                    keys=_blob(rng, 2 * SECAGG_KEY_SIZE * len(peers)), threshold=rng.randint(1, len(peers)))
+
+    def sealed(key: str) -> dict[str, Any]:
+        ids = _ids(rng)
+        return {key: ids, "sealed": _blob(rng, SECAGG_SEALED_SIZE * len(ids))}
+
+    def unmask() -> dict[str, Any]:
+        ids = _ids(rng)
+        return dict(peers=ids, shares=_blob(rng, SECAGG_SHARE_SIZE * len(ids)))
+
+    return {
+        SecAggKeys: lambda: {k: _blob(rng, SECAGG_KEY_SIZE) for k in ("c_pk", "s_pk", "b_commit")},
+        SecAggRoster: roster,
+        SecAggShares: lambda: sealed("recipients"),
+        SecAggInbox: lambda: sealed("senders"),
+        SecAggMasked: lambda: dict(masked=np.asarray([rng.getrandbits(32) for _ in range(rng.choice([0, 3, 50]))],
+                                                     dtype=np.uint32), num_samples=rng.randint(0, 600)),
+        SecAggUnmaskRequest: lambda: (lambda ids: dict(survivors=ids[::2], dropped=ids[1::2]))(_ids(rng)),
+        SecAggUnmask: unmask,
+    }
 
 
 def build_corpus(rng: random.Random, per_type: int = 12) -> list[bytes]:

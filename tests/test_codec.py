@@ -40,7 +40,13 @@ from ringfl.protocol import (
     encode_frame,
     encode_parts,
 )
-from ringfl.protocol.messages import ENVELOPE, Kind
+from ringfl.protocol.messages import (
+    ENVELOPE,
+    SECAGG_KEY_SIZE,
+    SECAGG_SEALED_SIZE,
+    SECAGG_SHARE_SIZE,
+    Kind,
+)
 from ringfl.vectors import SparseVector
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -95,6 +101,9 @@ KIND_STRATEGIES = {
     Kind.PLAIN: plain,
     Kind.NEIGHBOURS: st.lists(st.builds(Neighbour, ids, ids, finite), max_size=4).map(tuple),
     Kind.VECTOR: vectors,
+    Kind.BYTES: hnp.arrays(np.uint8, st.integers(0, 300)),
+    Kind.WORDS: hnp.arrays(np.uint32, st.integers(0, 2000)),
+    Kind.IDS: st.lists(ids, max_size=6, unique=True).map(tuple),
 }
 OVERRIDES = {
     ("ParamsRequest", "fraction"): st.floats(0, 1, exclude_min=True),
@@ -108,7 +117,30 @@ def _consistent(cls: type, kwargs: dict) -> dict:
         kwargs["spec_json"] = "" if kwargs["ok"] else kwargs["spec_json"] or "{}"
     if cls is Ack:
         kwargs["reason"] = 0 if kwargs["accepted"] else kwargs["reason"] or 1
-    return kwargs
+    return _consistent_secagg(cls.__name__, kwargs)
+
+
+def _sized(blob: np.ndarray, size: int) -> np.ndarray:
+    """``blob`` cut or cycled to ``size`` bytes (the secagg messages fix their blob sizes)."""
+    return np.resize(blob, size).astype(np.uint8) if blob.size else np.full(size, 7, np.uint8)
+
+
+def _consistent_secagg(name: str, kw: dict) -> dict:
+    if name == "SecAggKeys":
+        kw.update({k: _sized(kw[k], SECAGG_KEY_SIZE) for k in ("c_pk", "s_pk", "b_commit")})
+    elif name == "SecAggRoster":
+        n = len(kw["peers"]) or 1
+        kw["peers"] = kw["peers"] or ("p",)
+        kw.update(keys=_sized(kw["keys"], n * 2 * SECAGG_KEY_SIZE), threshold=1 + kw["threshold"] % n,
+                  points=np.arange(1, n + 1, dtype=np.uint32))
+    elif name in ("SecAggShares", "SecAggInbox"):
+        ids_key = "recipients" if name == "SecAggShares" else "senders"
+        kw["sealed"] = _sized(kw["sealed"], len(kw[ids_key]) * SECAGG_SEALED_SIZE)
+    elif name == "SecAggUnmask":
+        kw["shares"] = _sized(kw["shares"], len(kw["peers"]) * SECAGG_SHARE_SIZE)
+    elif name == "SecAggUnmaskRequest":
+        kw["dropped"] = tuple(p for p in kw["dropped"] if p not in kw["survivors"])
+    return kw
 
 
 def message_strategy(cls: type) -> st.SearchStrategy:

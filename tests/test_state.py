@@ -47,12 +47,24 @@ from ringfl.protocol import (
     format_table,
     mermaid,
 )
+from ringfl.protocol.messages import (
+    SECAGG_SEALED_SIZE,
+    SECAGG_SHARE_SIZE,
+    SecAggInbox,
+    SecAggKeys,
+    SecAggMasked,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
+    SecAggUnmaskRequest,
+)
 from ringfl.protocol.state import CLIENT_CODES, SERVER_CODES
 from ringfl.vectors import SparseVector
 from tests.helpers import ConnectionPair
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SIZE = 64
+BLOB32 = np.zeros(32, np.uint8)
 SPARSE = SparseVector.take(np.arange(SIZE, dtype=np.float32), np.array([1, 5, 9]))
 
 SAMPLES: dict[Code, Message] = {
@@ -72,6 +84,14 @@ SAMPLES: dict[Code, Message] = {
     Code.HEARTBEAT: Heartbeat(),
     Code.GOODBYE: Goodbye(),
     Code.ERROR: Error(code=ErrorCode.PROTOCOL),
+    Code.SECAGG_KEYS: SecAggKeys(c_pk=BLOB32, s_pk=BLOB32, b_commit=BLOB32),
+    Code.SECAGG_ROSTER: SecAggRoster(peers=("me", "p2"), points=np.array([1, 2], np.uint32),
+                                     keys=np.zeros(128, np.uint8), threshold=2),
+    Code.SECAGG_SHARES: SecAggShares(recipients=("p2",), sealed=np.zeros(SECAGG_SEALED_SIZE, np.uint8)),
+    Code.SECAGG_INBOX: SecAggInbox(senders=("p2",), sealed=np.zeros(SECAGG_SEALED_SIZE, np.uint8)),
+    Code.SECAGG_MASKED: SecAggMasked(masked=np.arange(SIZE, dtype=np.uint32)),
+    Code.SECAGG_UNMASK_REQUEST: SecAggUnmaskRequest(survivors=("me",), dropped=("p2",)),
+    Code.SECAGG_UNMASK: SecAggUnmask(peers=("me",), shares=np.zeros(SECAGG_SHARE_SIZE, np.uint8)),
 }
 ALL_EVENTS = [Event(role, code) for role in Role for code in Code]
 ENDINGS = {Code.ERROR, Code.GOODBYE, Code.END_OF_RUN, Code.REJECT}

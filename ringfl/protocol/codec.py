@@ -310,6 +310,25 @@ def _bitmap_indices(bitmap: np.ndarray, size: int) -> np.ndarray:
     return indices
 
 
+# --- raw arrays and id lists (secure aggregation) ---------------------------------------------
+
+_RAW_KINDS = {Kind.BYTES: "uint8", Kind.WORDS: "uint32"}
+
+
+def _check_raw_count(kind: Kind, count: Any, name: str, limits: Limits) -> int:
+    """A ring vector is no longer than the model; bytes are bounded by the frame limit."""
+    count = _check_int(count, f"{name} length")
+    if kind is Kind.WORDS and count > limits.max_vector_size:
+        raise _Invalid(f"{name} has {count} words, over the limit {limits.max_vector_size}")
+    return count
+
+
+def _ids_to_wire(value: Any, name: str, limits: Limits) -> list[str]:
+    if not isinstance(value, (list, tuple)) or len(value) > limits.max_items:
+        raise _Invalid(f"{name} must be a list of at most {limits.max_items} strings")
+    return [_check_type(item, str, name) for item in value]
+
+
 # --- messages <-> (header, arrays) ------------------------------------------------------------
 
 
@@ -327,6 +346,12 @@ def _message_to_wire(message: Message, limits: Limits) -> tuple[dict[str, Any], 
             arrays.extend(vector_arrays)
         elif kind is Kind.NEIGHBOURS:
             header[name] = _neighbours_to_wire(value, limits)
+        elif kind in _RAW_KINDS:
+            array = _as_array(value, _RAW_KINDS[kind], name)
+            header[name] = _check_raw_count(kind, array.size, name, limits)
+            arrays.append(array)
+        elif kind is Kind.IDS:
+            header[name] = _ids_to_wire(value, name, limits)
         else:
             header[name] = _check_scalar(kind, value, name)
     message.check()  # after the per-field checks, so it sees well-typed values
@@ -348,6 +373,11 @@ def _message_from_wire(cls: type[Message], header: dict, buffers: deque, limits:
             kwargs[name] = _vector_from_wire(value, buffers, limits)
         elif kind is Kind.NEIGHBOURS:
             kwargs[name] = _neighbours_from_wire(value)
+        elif kind in _RAW_KINDS:
+            count = _check_raw_count(kind, value, name, limits)
+            kwargs[name] = _pop(buffers, _RAW_KINDS[kind], count)
+        elif kind is Kind.IDS:
+            kwargs[name] = tuple(_ids_to_wire(value, name, limits))
         else:
             kwargs[name] = _check_scalar(kind, value, name)
     if buffers:

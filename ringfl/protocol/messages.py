@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 
@@ -23,6 +23,11 @@ PROTOCOL_VERSION = 1
 
 Metadata = dict[str, Any]
 """Free-form plain data (str keys; None/bool/int/float/str/list/dict values), e.g. metrics."""
+Bytes = Annotated[np.ndarray, "uint8"]
+"""Opaque bytes (keys, ciphertexts, shares) as a raw uint8 buffer: msgpack headers carry no bin."""
+Words = Annotated[np.ndarray, "uint32"]
+"""Elements of the ring Z_2^32 (a masked secure-aggregation input)."""
+Ids = tuple[str, ...]
 
 
 class Code(enum.IntEnum):
@@ -44,6 +49,14 @@ class Code(enum.IntEnum):
     HEARTBEAT = 1014
     GOODBYE = 1015
     ERROR = 1016
+    # 11xx: secure aggregation (ringfl.secagg), one block so other extensions keep 10xx
+    SECAGG_KEYS = 1101
+    SECAGG_ROSTER = 1102
+    SECAGG_SHARES = 1103
+    SECAGG_INBOX = 1104
+    SECAGG_MASKED = 1105
+    SECAGG_UNMASK_REQUEST = 1106
+    SECAGG_UNMASK = 1107
 
 
 class RejectReason(enum.IntEnum):
@@ -81,6 +94,9 @@ class Kind(enum.Enum):
     PLAIN = "plain"  # Metadata
     NEIGHBOURS = "neighbours"
     VECTOR = "vector"  # raw buffers, see codec
+    BYTES = "bytes"  # one raw uint8 buffer; the header holds its length
+    WORDS = "words"  # one raw uint32 buffer (ring elements); length <= the vector limit
+    IDS = "ids"  # a list of strings (peer ids)
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,9 @@ _KIND_OF_HINT: dict[Any, Kind] = {
     Metadata: Kind.PLAIN,
     tuple[Neighbour, ...]: Kind.NEIGHBOURS,
     Vector: Kind.VECTOR,
+    Bytes: Kind.BYTES,
+    Words: Kind.WORDS,
+    Ids: Kind.IDS,
 }
 
 
@@ -146,7 +165,7 @@ def _message(code: Code):
 
     def wrap(cls: type[Message]) -> type[Message]:
         cls = dataclass(frozen=True, kw_only=True, eq=False)(cls)
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         envelope = {name for name, _ in ENVELOPE}
         cls.CODE = code
         cls.FIELDS = tuple(
@@ -332,6 +351,127 @@ class Error(Message):
     detail: str = ""
 
 
+# --- secure aggregation (ringfl.secagg; docs/protocol.md, "Secure aggregation") ---------------
+
+SECAGG_KEY_SIZE = 32  # X25519 public keys, seed commitments
+SECAGG_SHARE_SIZE = 66  # one Shamir share: an element of GF(2^521 - 1), big-endian
+SECAGG_SEALED_SIZE = 2 * SECAGG_SHARE_SIZE + 16  # AES-GCM(share of b || share of s) + tag
+
+
+def _check_blob(name: str, blob: np.ndarray, items: int, item_size: int) -> None:
+    if blob.size != items * item_size:
+        raise ValueError(f"{name} must hold {items} x {item_size} bytes, got {blob.size}")
+
+
+def _check_ids(name: str, ids: tuple[str, ...]) -> None:
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{name} lists a peer twice")
+
+
+@_message(Code.SECAGG_KEYS)
+class SecAggKeys(Message):
+    """C: this round's public keys (share encryption, pairwise masks) and SHA-256 of the self-mask seed."""
+
+    c_pk: Bytes
+    s_pk: Bytes
+    b_commit: Bytes
+
+    def check(self) -> None:
+        for name in ("c_pk", "s_pk", "b_commit"):
+            _check_blob(name, getattr(self, name), 1, SECAGG_KEY_SIZE)
+
+
+@_message(Code.SECAGG_ROSTER)
+class SecAggRoster(Message):
+    """S: the recipient's neighbourhood (itself included): ids, Shamir x-coordinates, both public
+    keys of each (``keys``: c_pk || s_pk per peer) and the share threshold."""
+
+    peers: Ids
+    points: Words
+    keys: Bytes
+    threshold: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peers", tuple(self.peers))
+
+    def check(self) -> None:
+        _check_ids("peers", self.peers)
+        _check_blob("keys", self.keys, len(self.peers), 2 * SECAGG_KEY_SIZE)
+        if self.points.size != len(self.peers) or (self.points == 0).any():
+            raise ValueError("points must give each peer a non-zero x-coordinate")
+        if not 1 <= self.threshold <= len(self.peers):
+            raise ValueError(f"threshold must be in [1, {len(self.peers)}], got {self.threshold}")
+
+
+@_message(Code.SECAGG_SHARES)
+class SecAggShares(Message):
+    """C: one sealed pair of shares per neighbour, for the server to relay."""
+
+    recipients: Ids
+    sealed: Bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recipients", tuple(self.recipients))
+
+    def check(self) -> None:
+        _check_ids("recipients", self.recipients)
+        _check_blob("sealed", self.sealed, len(self.recipients), SECAGG_SEALED_SIZE)
+
+
+@_message(Code.SECAGG_INBOX)
+class SecAggInbox(Message):
+    """S: the sealed shares addressed to the recipient, by sender; these senders' masks apply."""
+
+    senders: Ids
+    sealed: Bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "senders", tuple(self.senders))
+
+    def check(self) -> None:
+        _check_ids("senders", self.senders)
+        _check_blob("sealed", self.sealed, len(self.senders), SECAGG_SEALED_SIZE)
+
+
+@_message(Code.SECAGG_MASKED)
+class SecAggMasked(Message):
+    """C: the quantised update plus self-mask and pairwise masks, in Z_2^32."""
+
+    masked: Words
+    num_samples: int = 0
+
+
+@_message(Code.SECAGG_UNMASK_REQUEST)
+class SecAggUnmaskRequest(Message):
+    """S: whose masked input arrived (reveal the self-mask share) and who dropped after sharing
+    (reveal the mask-key share). A peer never reveals both for one sender."""
+
+    survivors: Ids
+    dropped: Ids
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "survivors", tuple(self.survivors))
+        object.__setattr__(self, "dropped", tuple(self.dropped))
+
+    def check(self) -> None:
+        _check_ids("survivors + dropped", self.survivors + self.dropped)
+
+
+@_message(Code.SECAGG_UNMASK)
+class SecAggUnmask(Message):
+    """C: the requested shares that decrypted, one ``SECAGG_SHARE_SIZE`` slot per listed peer."""
+
+    peers: Ids
+    shares: Bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peers", tuple(self.peers))
+
+    def check(self) -> None:
+        _check_ids("peers", self.peers)
+        _check_blob("shares", self.shares, len(self.peers), SECAGG_SHARE_SIZE)
+
+
 def message_name(code: int) -> str:
     """Readable name for a code, for error messages and tables."""
     try:
@@ -362,6 +502,13 @@ __all__ = [
     "PeerReport",
     "RejectReason",
     "RoundStart",
+    "SecAggInbox",
+    "SecAggKeys",
+    "SecAggMasked",
+    "SecAggRoster",
+    "SecAggShares",
+    "SecAggUnmask",
+    "SecAggUnmaskRequest",
     "SpecConfirm",
     "SpecReply",
     "Upload",

@@ -52,6 +52,12 @@ class State(enum.Enum):
     READY = "ready"  # spec agreed: may request parameters or upload
     PARAMS = "params"  # client sent 1002, waiting for parameters
     TRAINING = "training"  # parameters received
+    SA_KEYS = "secagg_keys"  # client sent its round keys, waits for the roster
+    SA_ROSTER = "secagg_roster"  # roster received: the client sends its sealed shares
+    SA_SHARED = "secagg_shared"  # shares sent, waits for the shares addressed to it
+    SA_MASKING = "secagg_masking"  # inbox received: the client sends its masked input
+    SA_MASKED = "secagg_masked"  # masked input sent, waits for the unmask request
+    SA_UNMASKING = "secagg_unmasking"  # the client sends its unmasking shares (-> uploading)
     UPLOADING = "uploading"  # client sent 1004, waiting for the ack
     WAITING = "waiting"  # upload acknowledged, waiting for the next round
     ENDED = "ended"  # server sent end of run
@@ -74,8 +80,10 @@ class Event(NamedTuple):
 S = State
 C, V = Role.CLIENT, Role.SERVER
 
+SECAGG_CLIENT_CODES = (Code.SECAGG_KEYS, Code.SECAGG_SHARES, Code.SECAGG_MASKED, Code.SECAGG_UNMASK)
 CLIENT_CODES = frozenset(
-    {Code.JOIN, Code.SPEC_CONFIRM, Code.PARAMS_REQUEST, Code.UPLOAD, Code.REPORT, Code.HEARTBEAT}
+    {Code.JOIN, Code.SPEC_CONFIRM, Code.PARAMS_REQUEST, Code.UPLOAD, Code.REPORT, Code.HEARTBEAT,
+     *SECAGG_CLIENT_CODES}
 )
 SERVER_CODES = frozenset(
     {
@@ -88,11 +96,16 @@ SERVER_CODES = frozenset(
         Code.ROUND_START,
         Code.END_OF_RUN,
         Code.HEARTBEAT,
+        Code.SECAGG_ROSTER,
+        Code.SECAGG_INBOX,
+        Code.SECAGG_UNMASK_REQUEST,
     }
 )
 """What each role may ever send, besides goodbye and error."""
 
-POST_ACCEPT = (S.ACCEPTED, S.SPEC, S.READY, S.PARAMS, S.TRAINING, S.UPLOADING, S.WAITING)
+SECAGG = (S.SA_KEYS, S.SA_ROSTER, S.SA_SHARED, S.SA_MASKING, S.SA_MASKED, S.SA_UNMASKING)
+"""A secure-aggregation round in progress (ringfl.secagg); the server may abort it with an ack."""
+POST_ACCEPT = (S.ACCEPTED, S.SPEC, S.READY, S.PARAMS, S.TRAINING, S.UPLOADING, S.WAITING, *SECAGG)
 LIVE = (S.CONNECTED, S.JOINING, S.REJECTED, *POST_ACCEPT, S.ENDED)
 """States in which both sides may still send."""
 CAN_REQUEST = (S.READY, S.TRAINING, S.WAITING)
@@ -113,6 +126,16 @@ _CHAIN: dict[tuple[State, Role, Code], State] = {
     (S.UPLOADING, V, Code.ACK): S.WAITING,
     (S.WAITING, V, Code.ROUND_START): S.READY,
     **{(s, V, Code.END_OF_RUN): S.ENDED for s in POST_ACCEPT},
+    # Secure aggregation: keys -> roster -> shares -> inbox -> masked -> unmask request -> unmask
+    # (-> uploading, closed by the ack); an ack in any of its states aborts the round.
+    (S.TRAINING, C, Code.SECAGG_KEYS): S.SA_KEYS,
+    (S.SA_KEYS, V, Code.SECAGG_ROSTER): S.SA_ROSTER,
+    (S.SA_ROSTER, C, Code.SECAGG_SHARES): S.SA_SHARED,
+    (S.SA_SHARED, V, Code.SECAGG_INBOX): S.SA_MASKING,
+    (S.SA_MASKING, C, Code.SECAGG_MASKED): S.SA_MASKED,
+    (S.SA_MASKED, V, Code.SECAGG_UNMASK_REQUEST): S.SA_UNMASKING,
+    (S.SA_UNMASKING, C, Code.SECAGG_UNMASK): S.UPLOADING,
+    **{(s, V, Code.ACK): S.WAITING for s in SECAGG},
 }
 
 # Notifications that leave the state unchanged, and where they are allowed.
@@ -126,6 +149,8 @@ _SELF_LOOPS: dict[tuple[Role, Code], tuple[State, ...]] = {
     (C, Code.SPEC_CONFIRM): (S.ENDED,),
     (C, Code.PARAMS_REQUEST): (S.ENDED,),
     (C, Code.UPLOAD): (S.ENDED,),
+    # Secure-aggregation replies that crossed the server's abort (or end of run): ignored.
+    **{(C, code): (S.WAITING, S.READY, S.ENDED) for code in SECAGG_CLIENT_CODES},
 }
 
 
