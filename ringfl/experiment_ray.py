@@ -15,10 +15,16 @@ on, ring peers on the address of the node each one lands on, and they dial each 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -213,4 +219,125 @@ def _peer_task(job: dict[str, Any]) -> None:
         trio.run(partial(run_peer_processes, [command], capture=True))
 
 
-__all__ = ["RAY_KEYS", "RayBackend", "from_record", "to_record"]
+# --- a cluster on this machine (tests, benchmarks) ------------------------------------------------
+
+
+class LocalCluster:
+    """``nodes`` Ray nodes on this machine, each its own ``ray start --block`` process group
+    (a head, then workers joining it), in a private temp dir, so that stopping one (or killing it,
+    as a failed node) ends exactly the daemons and workers it started and nothing else."""
+
+    def __init__(self, nodes: int = 2, cpus_per_node: float = 1, object_store_mb: int = 80,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.nodes, self.cpus, self.store = nodes, cpus_per_node, object_store_mb * 1024 * 1024
+        # a throwaway loopback cluster: no token (a driver needs RAY_AUTH_MODE=disabled too)
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", **(env or {})}
+        self.temp = tempfile.mkdtemp(prefix="rf-ray-")  # short: Ray's socket paths live under it
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
+                         "--ray-client-server-port", str(_free_port())])
+            _wait_for_port(self.port, 60)
+            for _ in range(self.nodes - 1):
+                self._start(["--address", self.address])
+            self.wait_for_nodes(self.nodes, 90)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self, args: list[str]) -> None:
+        ray_cli = Path(sys.executable).with_name("ray")
+        command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--block", *args,
+                   "--num-cpus", str(self.cpus), "--object-store-memory", str(self.store),
+                   "--temp-dir", self.temp, "--disable-usage-stats"]
+        self.processes.append(subprocess.Popen(command, env=self.env, start_new_session=True,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def alive_nodes(self) -> int:
+        """Nodes the cluster's GCS counts alive (asked in a child process: no driver here)."""
+        code = (f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); "
+                "print(sum(n['Alive'] for n in ray.nodes()))")
+        try:
+            done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                                  timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            return 0
+        lines = done.stdout.split()
+        return int(lines[-1]) if done.returncode == 0 and lines and lines[-1].isdigit() else 0
+
+    def wait_for_nodes(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Ray cluster did not reach {count} alive nodes in {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node ``index`` and every process it started: a node failing, not shutting down."""
+        _kill_tree(self.processes[index], signal.SIGKILL)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):  # workers first, then the head
+            _kill_tree(process, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+            _kill_tree(process, signal.SIGKILL)  # whatever did not stop in time
+            process.wait()
+        self.processes.clear()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _kill_tree(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal the node's process group (start_new_session: its id is the leader's pid) and every
+    descendant by pid: Ray's worker processes put themselves in groups of their own."""
+    pids = _descendants(process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids below ``root`` in the process tree (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray head did not listen on port {port} within {timeout:.0f} s") from None
+            time.sleep(0.2)
+
+
+__all__ = ["RAY_KEYS", "LocalCluster", "RayBackend", "from_record", "to_record"]
