@@ -126,11 +126,14 @@ def _connect(address: str | None) -> bool:
 
 
 def _reason(exc: RayError) -> str:
-    """One line: the setting's own error, or what Ray says happened to its worker or node."""
+    """One line: the setting's own error (its last line), or the first sentence of what Ray says
+    happened to its worker or node."""
     cause = getattr(exc, "cause", None)
-    text = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(exc)
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if isinstance(cause, BaseException) and lines else (lines[0] if lines else repr(exc))
+    if isinstance(cause, BaseException):
+        lines = [line.strip() for line in f"{type(cause).__name__}: {cause}".splitlines() if line.strip()]
+        return lines[-1]
+    text = " ".join(str(exc).split())
+    return text.split(". ", 1)[0] if text else type(exc).__name__
 
 
 # --- records: plain dicts across the process boundary -----------------------------------------
