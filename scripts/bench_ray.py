@@ -124,7 +124,7 @@ def plot(times: dict[str, list[float]], path: Path, settings: int) -> None:
     for i, name in enumerate(names):
         ax.plot(times[name], [i] * len(times[name]), "k|", markersize=14)
     ax.set_xlabel(f"wall seconds for {settings} settings (bar: best run, ticks: every run)")
-    ax.set_title("ringfl experiment: local --jobs 2 vs Ray on the same 2 cores")
+    ax.set_title("local --jobs 2 vs Ray, same machine")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
