@@ -6,6 +6,7 @@ finished settings stay as they are and a re-run completes the rest."""
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,6 +121,29 @@ def test_tcp_peers_run_as_ray_tasks(cluster, tmp_path):
     ring = next(row for row in ray_rows.values() if row["mode"] == "ring")
     assert ring["peers"] == "3" and int(ring["bytes_total"]) > 0
     assert _numbers(ray_rows) == _numbers(_summary(tmp_path / "local"))
+
+
+def test_ctrl_c_keeps_finished_settings_and_a_rerun_completes(cluster, local_smoke, tmp_path):
+    command = [sys.executable, "-m", "ringfl", "experiment", str(SMOKE), "--out", str(tmp_path),
+               "--backend", "ray", "--address", cluster.address]
+    grid = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "settings").glob("*/config.json")):
+        assert grid.poll() is None and time.monotonic() < deadline, "no setting finished"
+        time.sleep(0.02)
+    grid.send_signal(signal.SIGINT)
+    out, err = grid.communicate(timeout=120)
+    done = {r.setting.key for r in read_results(tmp_path)}
+    if grid.returncode == 0:  # the grid finished before the signal landed: nothing to resume
+        assert len(done) == 4
+        return
+    assert grid.returncode == 130 and "interrupted" in err, out + err
+    assert set(_summary(tmp_path)) == done  # the report of what finished is written
+    before = _files(tmp_path, done)
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert rerun.returncode == 0 and f"{len(done)} already finished" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert _files(tmp_path, done) == before
+    assert _numbers(_summary(tmp_path)) == _numbers(_summary(local_smoke))
 
 
 def _running_setting(cluster: LocalCluster, node: int) -> bool:
