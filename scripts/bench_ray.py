@@ -22,6 +22,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,7 @@ def main() -> None:
     settings = len(numbers(results["local --jobs 2"]))
     if numbers(results["local --jobs 2"]) != numbers(results["ray (2-CPU cluster)"]):
         raise SystemExit("the backends disagree on the results: see " + str(work))
+    shutil.rmtree(work)
     local, ray = (min(t) for t in times.values())
     overhead = ray / local - 1
     report = {"settings": settings, "rounds": args.rounds, "repeat": args.repeat, "engine": args.engine,
