@@ -283,7 +283,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         experiment = plan(flags_experiment(flags), where="command line")
     out = args.out or str(Path("results") / experiment.name)
     worker = _worker(args.worker) if args.worker else None
-    run_experiment(experiment, out, transport=args.transport, jobs=args.jobs, worker=worker)
+    run_experiment(experiment, out, transport=args.transport, jobs=args.jobs, worker=worker,
+                   backend=args.backend, address=args.address)
     return 0
 
 
@@ -464,6 +465,10 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transport", choices=("memory", "tcp"), default="memory",
                    help="memory: all peers in this process; tcp: one peer process each on loopback")
     p.add_argument("--jobs", type=int, default=1, help="settings run at once, each in its own process")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this machine; ray: each setting a task on a Ray cluster (pip install -e '.[ray]')")
+    p.add_argument("--address", metavar="HOST:PORT", help="--backend ray: the cluster's head (default: RAY_ADDRESS, "
+                   "else a new cluster on this machine)")
     p.add_argument("--topology", help="topology file (ring mode); with FILE: overrides base")
     p.add_argument("--peers", type=int)
     p.add_argument("--rounds", type=int)

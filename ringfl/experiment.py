@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from contextvars import ContextVar
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,7 +68,8 @@ from ringfl.topology import Topology, from_mapping, generate, load_topology, plo
 from ringfl.transport import MemoryNetwork, Network, TcpNetwork
 
 TRANSPORTS = ("memory", "tcp")
-EXPERIMENT_KEYS = ("name", "description", "base", "grid", "standalone_peers", "eval_samples")
+BACKENDS = ("local", "ray")
+EXPERIMENT_KEYS = ("name", "description", "base", "grid", "standalone_peers", "eval_samples", "ray")
 DEFAULT_STANDALONE_PEERS = 10
 CONFIG_FILE = "config.json"  # the resolved configuration, beside report's setting.json
 COPY_FILE = "experiment.yaml"  # the experiment as run, in the output folder
@@ -120,6 +122,7 @@ class Experiment:
     source: str  # the experiment as YAML text, copied to the output folder
     description: str = ""
     eval_samples: int | None = None  # ring peers evaluate on at most this many test samples
+    ray: dict[str, Any] = field(default_factory=dict)  # options of the Ray backend (experiment_ray.py)
 
 
 def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Experiment:
@@ -170,8 +173,12 @@ def plan(data: Any, where: str = "experiment", default_name: str = "experiment")
     references = [ref for run in distributed for ref in _reference_runs(run, sample)]
     runs = _unique([*references, *distributed], where)
     name = data.get("name", default_name)
+    ray = data.get("ray") or {}
+    if not isinstance(ray, Mapping):
+        raise ConfigError(f"{where}: ray: expected a mapping (num_cpus, peer_num_cpus, max_retries), got {ray!r}")
     return Experiment(name=str(name), runs=runs, description=str(data.get("description") or ""),
-                      eval_samples=eval_samples, source=yaml.safe_dump(_plain(data), sort_keys=False))
+                      eval_samples=eval_samples, source=yaml.safe_dump(_plain(data), sort_keys=False),
+                      ray=dict(ray))
 
 
 def expand_grid(grid: Any, where: str = "experiment") -> list[dict[str, Any]]:
@@ -468,14 +475,17 @@ def _short(label: str, width: int = 38) -> str:
 
 def run_experiment(experiment: Experiment, out_dir: str | Path, *, transport: str = "memory",
                    jobs: int = 1, console: Console | None = None,
-                   worker: tuple[int, int] | None = None) -> list[SettingResult]:
+                   worker: tuple[int, int] | None = None, backend: str = "local",
+                   address: str | None = None) -> list[SettingResult]:
     """Run every setting not yet finished in ``out_dir``, then write summary.csv, report.md and
     plots from all finished ones. ``worker=(i, j)``: only run settings ``i, i+j, ...`` and report
-    progress as JSON lines (the parent of ``jobs`` workers writes the report)."""
+    progress as JSON lines (the parent of ``jobs`` workers writes the report). ``backend="ray"``
+    runs the settings as tasks on the Ray cluster at ``address`` (docs/experiments.md)."""
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    runner = make_backend(backend, jobs, address, experiment)
     out = Path(out_dir)
     if worker is not None:
         index, count = worker
@@ -492,10 +502,7 @@ def run_experiment(experiment: Experiment, out_dir: str | Path, *, transport: st
     bar = ProgressBar(sum(r.config.rounds for r in experiment.runs),
                       sum(r.config.rounds for r in experiment.runs if r.setting.key not in waiting), console)
     try:
-        if jobs > 1 and len(pending) > 1:
-            _run_workers(experiment, out, transport, min(jobs, len(pending)), bar)
-        else:
-            _run_all(pending, out, transport, experiment.eval_samples, bar)
+        runner.run(experiment, out, transport, pending, bar)
     finally:
         bar.stop()
         results = finished_results(out, experiment.runs)
@@ -523,16 +530,61 @@ def finished_results(out: Path, runs: Sequence[Run]) -> list[SettingResult]:
     return [result for result in read_results(out) if result.setting.key in current]
 
 
+class Backend(Protocol):
+    """Runs the pending settings of an experiment and stores each one as it finishes
+    (:func:`store_result`), so an interrupted experiment keeps what is done."""
+
+    def run(self, experiment: Experiment, out: Path, transport: str, pending: Sequence[Run],
+            bar: ProgressBar) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """This machine: settings one after another, or ``jobs`` worker processes."""
+
+    jobs: int = 1
+
+    def run(self, experiment: Experiment, out: Path, transport: str, pending: Sequence[Run],
+            bar: ProgressBar) -> None:
+        if self.jobs > 1 and len(pending) > 1:
+            _run_workers(experiment, out, transport, min(self.jobs, len(pending)), bar)
+        else:
+            _run_all(pending, out, transport, experiment.eval_samples, bar)
+
+
+def make_backend(name: str, jobs: int, address: str | None, experiment: Experiment) -> Backend:
+    """The backend called ``name``; Ray is imported only here, and only when asked for."""
+    if name not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "local":
+        if address is not None:
+            raise ConfigError("--address is the Ray cluster's address: use it with --backend ray")
+        return LocalBackend(jobs)
+    if jobs > 1:
+        raise ConfigError("--jobs is for the local backend; on Ray set ray: {num_cpus: N} in the "
+                          "experiment file (settings run as the cluster's CPUs allow)")
+    try:
+        from ringfl.experiment_ray import RayBackend
+    except ImportError as exc:
+        raise ConfigError(f"--backend ray needs Ray ({exc}): pip install -e '.[ray]'") from None
+    return RayBackend.from_experiment(experiment, address)
+
+
 def _run_all(runs: Sequence[Run], out: Path, transport: str, eval_samples: int | None,
              tracker: Tracker) -> None:
     for run in runs:
         tracker.begin(run)
         result = run_setting(run, out, transport=transport, eval_samples=eval_samples, tracker=tracker)
-        write_result(out, result)
-        # config.json last: a crash before it leaves the setting to be run again, never trusted
-        atomic_write_bytes(setting_dir(out, run.setting) / CONFIG_FILE,
-                           (json.dumps(run.resolved(), indent=2, sort_keys=True) + "\n").encode())
+        store_result(out, run, result)
         tracker.finish(run, result)
+
+
+def store_result(out: Path, run: Run, result: SettingResult) -> None:
+    """Write a finished setting's records, then its config.json: a crash before that leaves the
+    setting to be run again, never trusted."""
+    write_result(out, result)
+    atomic_write_bytes(setting_dir(out, run.setting) / CONFIG_FILE,
+                       (json.dumps(run.resolved(), indent=2, sort_keys=True) + "\n").encode())
 
 
 def run_setting(run: Run, out: Path, *, transport: str = "memory", eval_samples: int | None = None,
@@ -759,9 +811,26 @@ def _attack_args(config: RunConfig, index: int) -> list[str]:
     return ["--attack", attack] if attack else []
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a tcp setting's server listens and how its ``ringfl peer`` processes start: on
+    loopback, as children of this process, unless a backend (Ray) places them on other nodes."""
+
+    host: str = "127.0.0.1"
+    start_peers: Callable[[list[list[str]]], Awaitable[Any]] = partial(run_peer_processes, capture=True)
+
+
+PLACEMENT: ContextVar[Placement | None] = ContextVar("PLACEMENT", default=None)  # None: Placement()
+
+
+def _placement() -> Placement:
+    return PLACEMENT.get() or Placement()
+
+
 def _serving(config: RunConfig, transport: str) -> RunConfig:
-    """Listen where the transport needs (memory: any name; tcp: an ephemeral loopback port)."""
-    host = "127.0.0.1" if transport == "tcp" else ""
+    """Listen where the transport needs (memory: any name; tcp: an ephemeral port on loopback, or
+    on this node's address when the peers are placed elsewhere)."""
+    host = _placement().host if transport == "tcp" else ""
     return config.replace(host=host, port=0, run_id="experiment")
 
 
@@ -802,7 +871,7 @@ def _with_address(options: PeerOptions, address: str) -> PeerOptions:
 def _processes(commands: Callable[[str], list[list[str]]]) -> Clients:
     """Run one ``ringfl peer`` process per peer against the server's loopback address."""
     async def start(address: str) -> None:
-        await run_peer_processes(commands(address), capture=True)
+        await _placement().start_peers(commands(address))
 
     return start
 
@@ -933,18 +1002,25 @@ def _topology_images(runs: Sequence[Run], out: Path) -> dict[str, Path]:
 
 
 __all__ = [
+    "BACKENDS",
+    "PLACEMENT",
     "TRANSPORTS",
+    "Backend",
     "Experiment",
+    "LocalBackend",
+    "Placement",
     "Run",
     "build_topology",
     "expand_grid",
     "finished",
     "flags_experiment",
     "load_experiment",
+    "make_backend",
     "plan",
     "run_experiment",
     "run_setting",
     "sampled_peers",
     "serve_until_done",
+    "store_result",
     "to_config",
 ]
