@@ -231,15 +231,29 @@ def parse_spec(data: Any, source: str = "spec") -> ModelSpec:
     layers = raw.get("layers")
     if not isinstance(layers, list) or not layers:
         raise SpecError(f"{source}: 'layers' must be a non-empty list (or give 'custom': 'pkg.module:Class')")
-    infos, shape = [], input_shape
-    for index, layer in enumerate(layers):
-        info = _parse_layer(index, layer, shape, source)
-        infos.append(info)
-        raw["layers"][index] = info.config
-        shape = info.output_shape
+    infos, error = infer_layers(input_shape, layers, source)
+    if error is not None:
+        raise error
+    raw["layers"] = [info.config for info in infos]
+    shape = infos[-1].output_shape
     if shape != (num_classes,):
         raise SpecError(f"{source}: the last layer outputs {list(shape)} but num_classes is {num_classes}")
     return ModelSpec(raw=raw, layers=tuple(infos))
+
+
+def infer_layers(input_shape: Shape, layers: list[Any], source: str = "spec") -> tuple[list[LayerInfo], SpecError | None]:
+    """Every layer up to the first invalid one, and that layer's error (None if all parse): the
+    model builder shows shapes and counts up to a mistake, computed by the same rules."""
+    infos: list[LayerInfo] = []
+    shape = input_shape
+    for index, layer in enumerate(layers):
+        try:
+            info = _parse_layer(index, layer, shape, source)
+        except SpecError as exc:
+            return infos, exc
+        infos.append(info)
+        shape = info.output_shape
+    return infos, None
 
 
 def _parse_shape(value: Any, source: str) -> Shape:
