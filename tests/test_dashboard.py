@@ -1,0 +1,290 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium`` driven by Playwright):
+a spec built by clicks is the expected JSON and trains; the run view of a live 3-peer run shows
+round 3's accuracy and marks a killed peer dead. Also the server side without a browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ringfl.dashboard import create_app, serve_dashboard
+from ringfl.dashboard.builder import inspect_spec
+from ringfl.dashboard.state import RunView
+from ringfl.launch import child_env
+from ringfl.model.schema import schema_errors, spec_schema
+from ringfl.model.spec import builtin_specs, load_spec
+from tests.helpers import demo_config, run_coordinator
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", "--disable-quic"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+
+
+# --- without a browser ------------------------------------------------------------------------
+
+
+def test_every_shipped_spec_satisfies_the_published_schema():
+    assert spec_schema()["$defs"]["layer"]["properties"]["type"]["enum"]
+    for name in builtin_specs():
+        raw = load_spec(name).raw  # normalised: defaults filled in, still valid
+        assert schema_errors(raw) == [], name
+
+
+def test_builder_check_locates_each_error_at_its_field():
+    result = inspect_spec({"input_shape": [1, 8, 8], "layers": [
+        {"type": "conv2d", "channels": 4, "kernel": 9}, {"type": "flatten"},
+        {"type": "dense", "units": "ten"}, {"type": "dropout", "rate": 1.0}]})
+    located = {tuple(e["path"]): e["message"] for e in result["errors"]}
+    assert "cannot apply to 8x8" in located[("layers", 0, "kernel")]
+    assert "'ten' is not of type 'integer'" in located[("layers", 2, "units")]
+    assert ("layers", 3, "rate") in located
+    assert not result["ok"]
+
+
+def test_builder_check_of_a_valid_spec_is_model_show():
+    result = inspect_spec({"name": "m", "input_shape": [28, 28], "num_classes": 10,
+                           "layers": [{"type": "gru", "hidden": 16}, {"type": "dense", "units": 10}]})
+    assert result["ok"] and result["errors"] == []
+    spec = load_spec("rnn")  # a different model: the numbers must come from the given spec
+    assert result["num_params"] != spec.num_params
+    assert [layer["output_shape"] for layer in result["layers"]] == [[16], [10]]
+    assert result["num_params"] == 3 * (16 * 28 + 16 * 16 + 2 * 16) + 16 * 10 + 10
+
+
+async def test_run_view_lists_every_peer_and_round_of_a_run():
+    coordinator, _ = await run_coordinator(demo_config(rounds=3, peers=3))
+    view = RunView(coordinator)
+    for session in list(coordinator.sessions.values()):  # as seen during the run
+        view.peers[session.peer_id] = {"name": session.peer_id, "index": session.index}
+    snapshot = view.snapshot()
+    assert [r["round"] for r in snapshot["history"]] == [0, 1, 2, 3]
+    assert snapshot["history"][3]["accuracy"] == pytest.approx(coordinator.history[3]["accuracy"])
+    assert snapshot["pool"]["applied"] == coordinator.pool_stats.applied == 9
+    assert snapshot["topology"]["kind"] == "star"
+    json.dumps(snapshot, allow_nan=False)  # strict JSON: NaN would break the page
+
+
+async def test_a_run_token_is_required_by_pages_and_api():
+    token = b"0123456789abcdef0123456789abcdef"
+    app = create_app(token=token)
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(serve_dashboard, app, "127.0.0.1:0")
+
+        def status(path: str, header: str | None = None) -> int:
+            req = urllib.request.Request(urls[0] + path, headers={"Authorization": header} if header else {})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert await trio.to_thread.run_sync(status, "/api/schema") == 401
+        assert await trio.to_thread.run_sync(status, "/builder?token=wrong") == 401
+        assert await trio.to_thread.run_sync(status, f"/builder?token={token.decode()}") == 200
+        assert await trio.to_thread.run_sync(status, "/api/schema", f"Bearer {token.decode()}") == 200
+        assert await trio.to_thread.run_sync(status, "/static/chart.js") == 200  # shipped code is public
+        nursery.cancel_scope.cancel()
+
+
+def test_model_schema_command_prints_the_shipped_schema():
+    out = subprocess.run([sys.executable, "-m", "ringfl", "model", "schema"], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == spec_schema()
+
+
+# --- in Chromium ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _start(command: list[str], *patterns: str, timeout: float = 60.0) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a ringfl process; return it and the first match of each pattern in its output."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=child_env(1))
+    found: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while len(found) < len(patterns) and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(patterns[len(found)], line)
+        if match:
+            found.append(match.group(1))
+    if len(found) < len(patterns):
+        proc.kill()
+        raise AssertionError(f"{command[3]} did not print {patterns[len(found)]!r}")
+    return proc, found
+
+
+def _stop(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def _checked(page: Any) -> None:
+    """Wait until the server answered the builder's last change."""
+    page.wait_for_selector("body:not([data-checked=''])[data-checked]", timeout=15000)
+
+
+def _add(page: Any, kind: str, **fields: Any) -> None:
+    page.select_option("#new-layer-type", kind)
+    page.click("#add-layer")
+    _checked(page)
+    card = page.locator(".layer").last
+    for key, value in fields.items():
+        field = card.locator(f".field[data-field='{key}'] [name='{key}']")
+        if field.evaluate("e => e.tagName") == "SELECT":
+            field.select_option(str(value))
+        else:
+            field.fill(str(value))
+        _checked(page)
+
+
+EXPECTED_SPEC = {
+    "name": "clicked-cnn", "input_shape": [1, 8, 8], "num_classes": 10,
+    "layers": [
+        {"type": "conv2d", "channels": 8, "kernel": 3, "activation": "relu"},
+        {"type": "maxpool", "pool": 2},
+        {"type": "flatten"},
+        {"type": "dropout", "rate": 0.25},
+        {"type": "dense", "units": 10},
+    ],
+}
+
+
+@needs_chromium
+@pytest.mark.e2e
+def test_a_spec_built_by_clicks_is_the_expected_json_and_trains(browser, tmp_path):
+    specs = tmp_path / "specs"
+    server, (url,) = _start([sys.executable, "-m", "ringfl", "dashboard", "127.0.0.1:0", "--specs", str(specs)],
+                            r"model builder on (\S+)")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page.goto(url)
+        _checked(page)
+        page.fill("#f-name", "clicked-cnn")
+        page.fill("#f-input_shape", "1, 8, 8")
+        _add(page, "conv2d", channels=8, kernel=3, activation="relu")
+        _add(page, "dense", units=10)  # added too early: moved down below
+        _add(page, "maxpool", pool=2)
+        _add(page, "batchnorm")  # added by mistake: removed
+        page.locator(".layer").last.locator("[data-action=remove]").click()
+        _checked(page)
+        page.locator(".layer").nth(2).locator("[data-action=up]").click()  # maxpool above dense
+        _checked(page)
+        _add(page, "flatten")
+        page.locator(".layer").last.locator("[data-action=up]").click()
+        _checked(page)
+        _add(page, "dropout", rate="0.25")
+        page.locator(".layer").last.locator("[data-action=up]").click()
+        _checked(page)
+        assert page.inner_text("#status") == "valid"
+        shapes = page.locator(".layer .shape").all_inner_texts()
+        assert shapes[0].startswith("→ [8, 6, 6] · 80 params") and shapes[-1].startswith("→ [10]")
+        page.screenshot(path=str(DOCS / "dashboard-builder.png"), full_page=True)
+
+        with page.expect_download() as download:
+            page.click("#download")
+        built = json.loads(Path(download.value.path()).read_text())
+        assert built == EXPECTED_SPEC
+        page.fill("#save-name", "clicked")
+        page.click("#save")
+        page.wait_for_selector("#save-result:has-text('saved to')")
+        saved = specs / "clicked.json"
+        assert json.loads(saved.read_text()) == EXPECTED_SPEC
+
+        shown = subprocess.run([sys.executable, "-m", "ringfl", "model", "show", str(saved)],
+                               capture_output=True, text=True, check=True).stdout
+        assert page.inner_text("#table").strip() == shown.strip()
+        trained = subprocess.run([sys.executable, "-m", "ringfl", "train", "--model", str(saved), "--data", "digits",
+                                  "--epochs", "3"], capture_output=True, text=True, check=True, env=child_env(1),
+                                 timeout=300).stdout
+        accuracies = [float(a) for a in re.findall(r"accuracy (\d\.\d+)", trained)]
+        assert len(accuracies) == 3 and accuracies[-1] > 0.8, trained
+    finally:
+        _stop(server)
+
+
+@needs_chromium
+def test_bad_input_gets_a_message_next_to_its_field(browser):
+    server, (url,) = _start([sys.executable, "-m", "ringfl", "dashboard", "127.0.0.1:0"], r"model builder on (\S+)")
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        _checked(page)
+        page.fill("#f-input_shape", "1, 8, 8")
+        _add(page, "conv2d", channels=4, kernel=9)
+        kernel = page.locator(".layer").first.locator(".field[data-field=kernel]")
+        assert "cannot apply to 8x8" in kernel.locator(".error").inner_text()
+        assert "invalid" in kernel.get_attribute("class")
+        _add(page, "dense", units="ten")
+        units = page.locator(".layer").last.locator(".field[data-field=units] .error")
+        assert "'ten' is not of type 'integer'" in units.inner_text()
+        page.fill("#f-num_classes", "1")
+        _checked(page)
+        assert "minimum of 2" in page.inner_text(".field[data-path=num_classes] .error")
+        assert page.inner_text("#status") != "valid"
+    finally:
+        _stop(server)
+
+
+@needs_chromium
+@pytest.mark.e2e
+def test_run_view_shows_round_3_of_a_live_run_and_a_killed_peer_dead(browser, tmp_path):
+    out = tmp_path / "run"
+    coordinator, (dashboard, address) = _start(
+        [sys.executable, "-m", "ringfl", "coordinator", "--port", "0", "--peers", "3", "--min-peers", "2",
+         "--rounds", "60", "--out", str(out), "--dashboard", "127.0.0.1:0"],
+        r"dashboard on (\S+)", r"coordinator listening on (\S+);")
+    peers = [subprocess.Popen([sys.executable, "-m", "ringfl", "peer", "--coordinator", address, "--name", f"p{i}",
+                               "--peers", "3", "--index", str(i), "--quiet"], env=child_env(4),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(dashboard)
+        cell = page.wait_for_selector("#rounds tr[data-round='3'] td.accuracy", timeout=120000)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        round3 = next(r for r in records if r["round"] == 3)
+        assert cell.inner_text() == f"{round3['accuracy']:.4f}"
+        for i in range(3):
+            assert page.locator(f"#peers tr[data-peer='p{i}']").count() == 1
+        peers[2].send_signal(signal.SIGKILL)
+        page.wait_for_selector("#peers tr[data-peer='p2'].dead", timeout=30000)
+        page.wait_for_selector("#topology g.node.dead[data-node='p2']", timeout=10000)
+        assert page.inner_text("#peers tr[data-peer='p2'] td.state") == "dead"
+        assert page.inner_text("#peers tr[data-peer='p0'] td.state") != "dead"
+        page.wait_for_timeout(1500)  # a few more rounds in the chart
+        page.screenshot(path=str(DOCS / "dashboard-run.png"), full_page=True)
+        assert coordinator.poll() is None  # the run goes on without p2
+    finally:
+        _stop(coordinator, *peers)
+    assert os.path.exists(out / "metrics.jsonl")
