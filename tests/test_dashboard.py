@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,13 +22,19 @@ from typing import Any
 import pytest
 import trio
 
+from ringfl.certs import init_ca, issue
+from ringfl.config import AcceptanceConfig, TLSConfig
 from ringfl.dashboard import create_app, serve_dashboard
 from ringfl.dashboard.builder import inspect_spec
 from ringfl.dashboard.state import RunView
 from ringfl.launch import child_env
 from ringfl.model.schema import schema_errors, spec_schema
 from ringfl.model.spec import builtin_specs, load_spec
-from tests.helpers import demo_config, run_coordinator
+from ringfl.peer import Peer, PeerOptions
+from ringfl.ring import Bootstrap
+from ringfl.topology import generate
+from ringfl.transport import MemoryNetwork
+from tests.helpers import demo_config, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -67,17 +74,50 @@ def test_builder_check_of_a_valid_spec_is_model_show():
     assert result["num_params"] == 3 * (16 * 28 + 16 * 16 + 2 * 16) + 16 * 10 + 10
 
 
+async def _snapshots_of_a_run(config: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Run in memory with three peers; a snapshot after every round and one after the run."""
+    snapshots: list[dict[str, Any]] = []
+    async with serving(config) as (coordinator, network, address, nursery):
+        view = RunView(coordinator)
+        coordinator.on_round.append(lambda record: snapshots.append(view.snapshot()))
+        for i in range(3):
+            options = PeerOptions(coordinator=address, name=f"p{i}", peers=3, index=i, run_id=config.run_id)
+            nursery.start_soon(Peer(network, options).run)
+    snapshots.append(view.snapshot())
+    return coordinator, snapshots
+
+
 async def test_run_view_lists_every_peer_and_round_of_a_run():
-    coordinator, _ = await run_coordinator(demo_config(rounds=3, peers=3))
-    view = RunView(coordinator)
-    for session in list(coordinator.sessions.values()):  # as seen during the run
-        view.peers[session.peer_id] = {"name": session.peer_id, "index": session.index}
-    snapshot = view.snapshot()
-    assert [r["round"] for r in snapshot["history"]] == [0, 1, 2, 3]
-    assert snapshot["history"][3]["accuracy"] == pytest.approx(coordinator.history[3]["accuracy"])
-    assert snapshot["pool"]["applied"] == coordinator.pool_stats.applied == 9
-    assert snapshot["topology"]["kind"] == "star"
-    json.dumps(snapshot, allow_nan=False)  # strict JSON: NaN would break the page
+    coordinator, snapshots = await _snapshots_of_a_run(demo_config(rounds=3, peers=3))
+    during, after = snapshots[-2], snapshots[-1]
+    assert [r["round"] for r in after["history"]] == [0, 1, 2, 3]
+    assert after["history"][3]["accuracy"] == pytest.approx(coordinator.history[3]["accuracy"])
+    assert after["pool"]["applied"] == coordinator.pool_stats.applied == 9
+    assert {p["name"]: p["state"] for p in during["peers"]} == {"p0": "ready", "p1": "ready", "p2": "ready"}
+    assert all(p["state"] == "left" for p in after["peers"])  # the run ended: gone, not dead
+    assert all(p["round"] == 2 and p["bytes_in"] > 0 for p in during["peers"])  # reported round 2 by round 3
+    assert after["topology"]["kind"] == "star" and sorted(after["topology"]["nodes"]) == ["p0", "p1", "p2"]
+    json.dumps(after, allow_nan=False)  # strict JSON: NaN would break the page
+
+
+async def test_run_view_counts_each_peers_rejected_uploads_by_reason():
+    config = demo_config(rounds=2, peers=3, acceptance=AcceptanceConfig(max_norm=1e-9))
+    _, snapshots = await _snapshots_of_a_run(config)
+    last = snapshots[-2]["peers"]
+    assert [p["rejected"] for p in last] == [{"norm too large": 2}] * 3
+    assert snapshots[-1]["pool"]["reasons"] == {"norm too large": 6}
+
+
+def test_ring_view_marks_dead_nodes_and_the_links_made_around_them():
+    ring = generate("ring", 6)
+    bootstrap = Bootstrap(demo_config(algorithm="gossip-dssgd"), MemoryNetwork(), topology=ring)
+    bootstrap.dead = {2}
+    topology = RunView(bootstrap).snapshot()["topology"]
+    labels = ring.labels
+    assert topology["dead"] == [labels[2]]
+    assert topology["relinked"] == [[labels[1], labels[3]]]  # the ring stays a ring
+    assert [labels[1], labels[2]] in topology["edges"]  # the original links are still drawn
+    assert RunView(bootstrap).snapshot()["pool"] is None
 
 
 async def test_a_run_token_is_required_by_pages_and_api():
@@ -99,6 +139,24 @@ async def test_a_run_token_is_required_by_pages_and_api():
         assert await trio.to_thread.run_sync(status, f"/builder?token={token.decode()}") == 200
         assert await trio.to_thread.run_sync(status, "/api/schema", f"Bearer {token.decode()}") == 200
         assert await trio.to_thread.run_sync(status, "/static/chart.js") == 200  # shipped code is public
+        nursery.cancel_scope.cancel()
+
+
+async def test_with_tls_the_dashboard_serves_https_with_the_runs_certificate(tmp_path):
+    init_ca(tmp_path)
+    paths = issue(tmp_path, "coordinator")
+    tls = TLSConfig(ca=str(paths.ca), cert=str(paths.cert), key=str(paths.key))
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(serve_dashboard, create_app(), "127.0.0.1:0", tls)
+        assert urls[0].startswith("https://")
+
+        def fetch(context: ssl.SSLContext) -> int:
+            with urllib.request.urlopen(urls[0] + "/api/schema", context=context, timeout=10) as resp:
+                return resp.status
+
+        assert await trio.to_thread.run_sync(fetch, ssl.create_default_context(cafile=str(paths.ca))) == 200
+        with pytest.raises(urllib.error.URLError):  # an unknown CA is refused
+            await trio.to_thread.run_sync(fetch, ssl.create_default_context())
         nursery.cancel_scope.cancel()
 
 

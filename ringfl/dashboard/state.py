@@ -67,7 +67,7 @@ class RunView:
                 "epsilon": _number(epsilon), "rejected": dict(session.rejected),
                 "address": session.address,
             }
-        return sorted(self.peers.values(), key=lambda row: (row["index"], row["name"]))
+        return [dict(row) for row in sorted(self.peers.values(), key=lambda row: (row["index"], row["name"]))]
 
     def _topology(self) -> dict[str, Any]:
         """Ring mode: the topology file with dead nodes and the bridging links; else a star."""

@@ -97,7 +97,7 @@ function render(s) {
   $("run-id").textContent = s.run_id;
   $("run-kind").textContent = `${s.mode} · ${s.algorithm} · ${s.model} (${s.num_params.toLocaleString()} parameters)`;
   $("round").textContent = s.round;
-  $("rounds").textContent = s.rounds;
+  $("rounds-total").textContent = s.rounds;
   $("status").textContent = s.running ? "live" : "run finished";
   renderRounds(s); renderPeers(s); renderTopology(s); renderPool(s);
 }
