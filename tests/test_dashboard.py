@@ -95,7 +95,7 @@ async def test_run_view_lists_every_peer_and_round_of_a_run():
     assert after["pool"]["applied"] == coordinator.pool_stats.applied == 9
     assert {p["name"]: p["state"] for p in during["peers"]} == {"p0": "ready", "p1": "ready", "p2": "ready"}
     assert all(p["state"] == "left" for p in after["peers"])  # the run ended: gone, not dead
-    assert all(p["round"] == 2 and p["bytes_in"] > 0 for p in during["peers"])  # reported round 2 by round 3
+    assert all(p["round"] == 2 and p["bytes_sent"] > 0 for p in during["peers"])  # reported round 2 by round 3
     assert after["topology"]["kind"] == "star" and sorted(after["topology"]["nodes"]) == ["p0", "p1", "p2"]
     json.dumps(after, allow_nan=False)  # strict JSON: NaN would break the page
 
@@ -346,3 +346,32 @@ def test_run_view_shows_round_3_of_a_live_run_and_a_killed_peer_dead(browser, tm
     finally:
         _stop(coordinator, *peers)
     assert os.path.exists(out / "metrics.jsonl")
+
+
+@needs_chromium
+@pytest.mark.e2e
+def test_ring_view_draws_a_killed_peer_dead_and_the_link_made_around_it(browser, tmp_path):
+    ring = tmp_path / "ring5.yaml"
+    ring.write_text("name: ring5\nnodes: 5\ngenerator:\n  kind: ring\ndirected: false\n")
+    bootstrap, (dashboard, address) = _start(
+        [sys.executable, "-m", "ringfl", "coordinator", "--topology", str(ring), "--port", "0", "--rounds", "60",
+         "--algorithm", "gossip-dssgd", "--dashboard", "127.0.0.1:0"],
+        r"dashboard on (\S+)", r"coordinator listening on (\S+);")
+    peers = [subprocess.Popen([sys.executable, "-m", "ringfl", "peer", "--coordinator", address, "--topology",
+                               str(ring), "--id", str(i), "--quiet", "--eval-samples", "200"], env=child_env(5),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(5)]
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(dashboard)
+        page.wait_for_selector("#rounds tr[data-round='2']", timeout=120000)
+        assert page.locator("#topology line.relinked").count() == 0
+        peers[2].send_signal(signal.SIGKILL)
+        page.wait_for_selector("#topology g.node.dead[data-node='2']", timeout=60000)
+        page.wait_for_selector("#topology line.relinked", timeout=30000)
+        assert page.locator("#topology line.relinked").count() == 1  # 1 -- 3 bridges the dead 2
+        assert page.inner_text("#peers tr[data-peer='2'] td.state") == "dead"
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(DOCS / "dashboard-ring.png"), full_page=True)
+        assert bootstrap.poll() is None
+    finally:
+        _stop(bootstrap, *peers)

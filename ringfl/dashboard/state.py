@@ -63,11 +63,19 @@ class RunView:
             self.peers[session.peer_id] = {
                 "name": session.peer_id, "index": session.index, "state": state if session.alive else "dead",
                 "last_seen": session.last_seen, "round": int(report.get("round", session.rounds_done) or 0),
-                "bytes_in": session.stream.bytes_received, "bytes_out": session.stream.bytes_sent,
+                **self._traffic(session),
                 "epsilon": _number(epsilon), "rejected": dict(session.rejected),
                 "address": session.address,
             }
         return [dict(row) for row in sorted(self.peers.values(), key=lambda row: (row["index"], row["name"]))]
+
+    def _traffic(self, session: Any) -> dict[str, int]:
+        """Bytes the peer sent and received: with the coordinator (coordinator mode), or with
+        its neighbours as it last reported them (ring mode: the bootstrap sees no gradients)."""
+        if self.server.mode == "ring":
+            report = session.last_report
+            return {"bytes_sent": int(report.get("bytes_sent", 0)), "bytes_received": int(report.get("bytes_received", 0))}
+        return {"bytes_sent": session.stream.bytes_received, "bytes_received": session.stream.bytes_sent}
 
     def _topology(self) -> dict[str, Any]:
         """Ring mode: the topology file with dead nodes and the bridging links; else a star."""

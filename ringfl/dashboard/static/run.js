@@ -45,8 +45,8 @@ function renderPeers(s) {
     badge.className = "badge " + p.state; badge.textContent = p.state; st.appendChild(badge);
     cell(tr, Math.max(0, s.time - p.last_seen).toFixed(1) + " s ago", "num");
     cell(tr, p.round, "num");
-    cell(tr, bytes(p.bytes_in), "num");
-    cell(tr, bytes(p.bytes_out), "num");
+    cell(tr, bytes(p.bytes_sent), "num");
+    cell(tr, bytes(p.bytes_received), "num");
     cell(tr, fmt(p.epsilon, 3), "num");
     const reasons = Object.entries(p.rejected || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
     cell(tr, reasons || "none", "rejected");
