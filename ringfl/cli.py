@@ -137,6 +137,13 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     _setup_logging(args)
     config = _coordinator_config(args)
     out = Path(args.out) if args.out else None
+    from ringfl.launch import serve_until_done
+
+    runner = serve_until_done
+    if args.dashboard:  # its address is checked before anything starts
+        from ringfl.dashboard import dashboard_runner
+
+        runner = dashboard_runner(args.dashboard, out)
     network = _network(config.tls)
     if config.topology:
         from ringfl.ring import Bootstrap
@@ -150,13 +157,6 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     async def announce(address: str) -> None:
         print(f"coordinator listening on {address}; waiting for {server.config.peers} peer(s)", flush=True)
 
-    from ringfl.launch import serve_until_done
-
-    runner = serve_until_done
-    if args.dashboard:
-        from ringfl.dashboard import dashboard_runner
-
-        runner = dashboard_runner(args.dashboard, out)
     summary = trio.run(runner, server, announce)
     printer.finish(summary, out)
     return 0

@@ -23,6 +23,7 @@ import pytest
 import trio
 
 from ringfl.certs import init_ca, issue
+from ringfl.cli import main
 from ringfl.config import AcceptanceConfig, TLSConfig
 from ringfl.dashboard import create_app, serve_dashboard
 from ringfl.dashboard.builder import inspect_spec
@@ -158,6 +159,16 @@ async def test_with_tls_the_dashboard_serves_https_with_the_runs_certificate(tmp
         with pytest.raises(urllib.error.URLError):  # an unknown CA is refused
             await trio.to_thread.run_sync(fetch, ssl.create_default_context())
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("argv", [["dashboard", "nonsense"],
+                                  ["coordinator", "--dashboard", "localhost", "--out", "{out}"]])
+def test_a_bad_dashboard_address_is_a_one_line_error_before_anything_starts(argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([a.format(out=out) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dashboard: address must look like host:port") and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_model_schema_command_prints_the_shipped_schema():

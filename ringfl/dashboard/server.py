@@ -25,9 +25,9 @@ from quart_trio import QuartTrio
 from ringfl.config import TLSConfig
 from ringfl.dashboard.builder import inspect_spec, save_spec
 from ringfl.dashboard.state import RunView
-from ringfl.errors import RingflError
+from ringfl.errors import ConfigError, RingflError
 from ringfl.model.schema import spec_schema
-from ringfl.transport import parse_address
+from ringfl.transport import AddressError, parse_address
 
 log = logging.getLogger(__name__)
 UPDATE_EVERY = 0.5  # seconds between live snapshots
@@ -104,9 +104,17 @@ async def _stream(view: RunView) -> AsyncIterator[bytes]:
         await trio.sleep(UPDATE_EVERY)
 
 
+def check_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` for the dashboard, or a one-line error before anything starts."""
+    try:
+        return parse_address(listen)
+    except AddressError as exc:
+        raise ConfigError(f"--dashboard: {exc}") from None
+
+
 def hypercorn_config(listen: str, tls: TLSConfig | None = None) -> HypercornConfig:
     """Bind address (validated like every ringfl address) and, with TLS, the run's certificate."""
-    host, port = parse_address(listen)
+    host, port = check_listen(listen)
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
@@ -144,6 +152,7 @@ async def run_with_dashboard(server: Any, clients: Callable[[str], Awaitable[Any
 def dashboard_runner(listen: str, out_dir: Path | None) -> Callable[..., Awaitable[dict[str, Any]]]:
     """A drop-in for ``serve_until_done`` that also serves the dashboard; the builder saves specs
     into ``OUT/specs`` (no ``--out``: saving is off)."""
+    check_listen(listen)
     specs_dir = out_dir / "specs" if out_dir else None
 
     async def run(server: Any, clients: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
@@ -154,6 +163,7 @@ def dashboard_runner(listen: str, out_dir: Path | None) -> Callable[..., Awaitab
 
 async def serve_builder(listen: str, specs_dir: Path | None) -> None:
     """``ringfl dashboard``: the model builder alone, until interrupted."""
+    check_listen(listen)
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(serve_dashboard, create_app(specs_dir=specs_dir), listen)
         print(f"model builder on {urls[0]}/builder", flush=True)
