@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ringfl.certs import init_ca, issue
 from ringfl.cli import main
@@ -28,9 +30,10 @@ from ringfl.config import AcceptanceConfig, TLSConfig
 from ringfl.dashboard import create_app, serve_dashboard
 from ringfl.dashboard.builder import inspect_spec
 from ringfl.dashboard.state import RunView
+from ringfl.errors import SpecError
 from ringfl.launch import child_env
 from ringfl.model.schema import schema_errors, spec_schema
-from ringfl.model.spec import builtin_specs, load_spec
+from ringfl.model.spec import builtin_specs, load_spec, parse_spec
 from ringfl.peer import Peer, PeerOptions
 from ringfl.ring import Bootstrap
 from ringfl.topology import generate
@@ -386,3 +389,39 @@ def test_ring_view_draws_a_killed_peer_dead_and_the_link_made_around_it(browser,
         assert bootstrap.poll() is None
     finally:
         _stop(bootstrap, *peers)
+
+
+FIELD_VALUES = st.one_of(st.integers(-2, 12), st.sampled_from([None, "relu", "tanh", "ten", 0.25, 1.5, True]))
+
+
+@st.composite
+def layer_lists(draw: Any) -> list[dict[str, Any]]:
+    """Layers of every type with each schema field present or not, holding good or bad values."""
+    layers = []
+    for kind in draw(st.lists(st.sampled_from(list(spec_schema()["$defs"]["layer"]["properties"]["type"]["enum"])),
+                              min_size=1, max_size=4)):
+        fields = [f for f in spec_schema()["$defs"][kind]["properties"] if f != "type"]
+        chosen = draw(st.dictionaries(st.sampled_from(fields), FIELD_VALUES)) if fields else {}
+        layers.append({"type": kind, **chosen})
+    return layers
+
+
+@settings(max_examples=300, deadline=None)
+@given(layers=layer_lists(), input_shape=st.sampled_from([[64], [1, 8, 8], [8, 8]]))
+@example(layers=[{"type": "lstm", "hidden": 4, "return_sequences": 3}], input_shape=[8, 8])  # found by review:
+@example(layers=[{"type": "dropout", "rate": False}], input_shape=[64])  # spec.py took these, the schema not
+def test_the_schema_and_the_spec_code_agree(layers, input_shape):
+    """What spec.py accepts the schema accepts; what the schema accepts, spec.py refuses only for
+    shapes (which JSON Schema cannot express)."""
+    data = {"input_shape": input_shape, "num_classes": 10, "layers": [*layers, {"type": "flatten"},
+                                                                      {"type": "dense", "units": 10}]}
+    try:
+        parse_spec(data)
+        accepted = True
+    except SpecError as exc:
+        accepted, message = False, str(exc)
+    errors = schema_errors(data)
+    if accepted:
+        assert errors == [], errors
+    elif not errors:
+        assert re.search(r"cannot apply|needs a|outputs", message), message

@@ -158,7 +158,7 @@ def _flatten(cfg: dict[str, Any], shape: Shape) -> tuple[Shape, list[tuple[str, 
 
 def _dropout(cfg: dict[str, Any], shape: Shape) -> tuple[Shape, list[tuple[str, Shape]], int]:
     rate = cfg.setdefault("rate", 0.5)
-    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
         raise SpecError(f"layer 'dropout': 'rate' must be in [0, 1), got {rate!r}")
     cfg["rate"] = float(rate)
     return shape, [], 0
@@ -181,7 +181,9 @@ def _recurrent(gates: int) -> LayerRule:
             raise SpecError(f"layer '{cfg['type']}' needs a (steps, features) input, got {list(shape)}")
         hidden = _int(cfg, "hidden")
         num_layers = _int(cfg, "layers", 1)
-        sequences = bool(cfg.setdefault("return_sequences", False))
+        sequences = cfg.setdefault("return_sequences", False)
+        if not isinstance(sequences, bool):
+            raise SpecError(f"layer '{cfg['type']}': 'return_sequences' must be true or false, got {sequences!r}")
         steps, features = shape
         params: list[tuple[str, Shape]] = []
         for layer in range(num_layers):
