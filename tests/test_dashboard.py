@@ -332,17 +332,20 @@ def test_bad_input_gets_a_message_next_to_its_field(browser):
 @needs_chromium
 @pytest.mark.e2e
 def test_run_view_shows_round_3_of_a_live_run_and_a_killed_peer_dead(browser, tmp_path):
-    out = tmp_path / "run"
+    out, token = tmp_path / "run", tmp_path / "token"
+    assert main(["token", "new", str(token)]) == 0
     coordinator, (dashboard, address) = _start(
         [sys.executable, "-m", "ringfl", "coordinator", "--port", "0", "--peers", "3", "--min-peers", "2",
-         "--rounds", "60", "--out", str(out), "--dashboard", "127.0.0.1:0"],
+         "--rounds", "60", "--out", str(out), "--dashboard", "127.0.0.1:0", "--token-file", str(token)],
         r"dashboard on (\S+)", r"coordinator listening on (\S+);")
     peers = [subprocess.Popen([sys.executable, "-m", "ringfl", "peer", "--coordinator", address, "--name", f"p{i}",
-                               "--peers", "3", "--index", str(i), "--quiet"], env=child_env(4),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
+                               "--peers", "3", "--index", str(i), "--quiet", "--token-file", str(token)],
+                              env=child_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for i in range(3)]
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(dashboard)
+        assert page.goto(dashboard).status == 401  # the run has a token: so has its dashboard
+        page.goto(f"{dashboard}/?token={token.read_text().strip()}")
         cell = page.wait_for_selector("#rounds tr[data-round='3'] td.accuracy", timeout=120000)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         round3 = next(r for r in records if r["round"] == 3)
