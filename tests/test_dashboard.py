@@ -33,7 +33,7 @@ from ringfl.dashboard.state import RunView
 from ringfl.errors import SpecError
 from ringfl.launch import child_env
 from ringfl.model.schema import schema_errors, spec_schema
-from ringfl.model.spec import builtin_specs, load_spec, parse_spec
+from ringfl.model.spec import builtin_specs, describe, load_spec, parse_spec
 from ringfl.peer import Peer, PeerOptions
 from ringfl.ring import Bootstrap
 from ringfl.topology import generate
@@ -321,6 +321,10 @@ def test_bad_input_gets_a_message_next_to_its_field(browser):
         _add(page, "dense", units="ten")
         units = page.locator(".layer").last.locator(".field[data-field=units] .error")
         assert "'ten' is not of type 'integer'" in units.inner_text()
+        page.select_option("#start-from", "cnn")  # a shipped spec, then broken on purpose
+        page.wait_for_selector("#status:has-text('valid')")
+        assert page.inner_text("#table").strip() == describe(load_spec("cnn"))  # what `ringfl model show cnn` prints
+        assert page.locator(".layer").count() == 7
         page.fill("#f-num_classes", "1")
         _checked(page)
         assert "minimum of 2" in page.inner_text(".field[data-path=num_classes] .error")

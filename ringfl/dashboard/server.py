@@ -27,6 +27,7 @@ from ringfl.dashboard.builder import inspect_spec, save_spec
 from ringfl.dashboard.state import RunView
 from ringfl.errors import ConfigError, RingflError
 from ringfl.model.schema import spec_schema
+from ringfl.model.spec import builtin_spec_data, builtin_specs
 from ringfl.transport import AddressError, parse_address
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,16 @@ def create_app(view: RunView | None = None, *, token: bytes | None = None,
     @app.get("/api/schema")
     async def schema() -> Any:
         return spec_schema()
+
+    @app.get("/api/specs")
+    async def shipped() -> Any:
+        return {"specs": builtin_specs()}
+
+    @app.get("/api/specs/<name>")
+    async def shipped_spec(name: str) -> Any:
+        if name not in builtin_specs():
+            return {"error": f"no shipped spec {name!r}"}, 404
+        return builtin_spec_data(name)
 
     @app.post("/api/spec/check")
     async def check() -> Any:

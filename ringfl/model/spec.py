@@ -296,12 +296,16 @@ def builtin_specs() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
+def builtin_spec_data(name: str) -> dict[str, Any]:
+    """A shipped spec as written (before normalising): the model builder starts from it."""
+    return json.loads((resources.files("ringfl.model") / "specs" / f"{name}.json").read_text())
+
+
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load a shipped spec by name (``mlp``, ``cnn``, ``rnn``, ``digits-mlp``) or a JSON/YAML file."""
     text_name = str(name_or_path)
     if text_name in builtin_specs():
-        text = (resources.files("ringfl.model") / "specs" / f"{text_name}.json").read_text()
-        return parse_spec(json.loads(text), source=text_name)
+        return parse_spec(builtin_spec_data(text_name), source=text_name)
     path = Path(text_name)
     if not path.is_file():
         valid = ", ".join(builtin_specs())

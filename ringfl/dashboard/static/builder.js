@@ -165,6 +165,15 @@ async function save() {
   $("save-result").className = resp.ok ? "note" : "error";
 }
 
+async function load(name) {
+  const spec = await (await fetch(`api/specs/${encodeURIComponent(name)}` + q)).json();
+  $("f-name").value = spec.name || name;
+  $("f-input_shape").value = spec.input_shape.join(", ");
+  $("f-num_classes").value = spec.num_classes ?? "";
+  layers = spec.layers.map(({ type, ...fields }) => ({ type, fields }));
+  renderLayers(); changed();
+}
+
 async function start() {
   schema = await (await fetch("api/schema" + q)).json();
   const select = $("new-layer-type");
@@ -172,6 +181,10 @@ async function start() {
     const o = document.createElement("option"); o.value = o.textContent = type; select.appendChild(o);
   }
   $("add-layer").onclick = () => addLayer(select.value);
+  for (const name of (await (await fetch("api/specs" + q)).json()).specs) {
+    const o = document.createElement("option"); o.value = o.textContent = name; $("start-from").appendChild(o);
+  }
+  $("start-from").onchange = e => { if (e.target.value) load(e.target.value); };
   for (const id of ["f-name", "f-input_shape", "f-num_classes"]) $(id).oninput = changed;
   $("download").onclick = download;
   $("save").onclick = save;
