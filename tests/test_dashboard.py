@@ -65,6 +65,8 @@ def test_builder_check_locates_each_error_at_its_field():
     assert "cannot apply to 8x8" in located[("layers", 0, "kernel")]
     assert "'ten' is not of type 'integer'" in located[("layers", 2, "units")]
     assert ("layers", 3, "rate") in located
+    missing = inspect_spec({"input_shape": [4], "layers": [{"type": "activation"}, {"type": "dense", "units": 10}]})
+    assert missing["errors"] == [{"path": ["layers", 0, "function"], "message": "'function' is required"}]
     assert not result["ok"]
 
 

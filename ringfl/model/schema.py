@@ -41,6 +41,9 @@ def schema_errors(data: Any) -> list[FieldError]:
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))[0]
             path, message = (*path, extra), f"unknown field {extra!r}"
+        elif error.validator == "required" and isinstance(error.instance, dict):
+            missing = [key for key in error.validator_value if key not in error.instance][0]
+            path, message = (*path, missing), f"'{missing}' is required"
         elif error.validator == "oneOf":
             message = "give either 'layers' or 'custom'"
         if not any(path[:len(p)] == p or p[:len(path)] == path for p in found):
