@@ -42,6 +42,7 @@ from tests.helpers import demo_config, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+SHOTS = os.environ.get("RINGFL_SCREENSHOTS")  # "1": refresh the screenshots in docs/
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run", "--disable-quic"]
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
@@ -224,6 +225,11 @@ def _stop(*procs: subprocess.Popen[str]) -> None:
         proc.wait(timeout=30)
 
 
+def _screenshot(page: Any, name: str, tmp_path: Path) -> None:
+    """Into the test's folder; into docs/ only when asked (tests do not change the checkout)."""
+    page.screenshot(path=str((DOCS if SHOTS == "1" else tmp_path) / name), full_page=True)
+
+
 def _checked(page: Any) -> None:
     """Wait until the server answered the builder's last change."""
     page.wait_for_selector("body:not([data-checked=''])[data-checked]", timeout=15000)
@@ -284,7 +290,7 @@ def test_a_spec_built_by_clicks_is_the_expected_json_and_trains(browser, tmp_pat
         assert page.inner_text("#status") == "valid"
         shapes = page.locator(".layer .shape").all_inner_texts()
         assert shapes[0].startswith("→ [8, 6, 6] · 80 params") and shapes[-1].startswith("→ [10]")
-        page.screenshot(path=str(DOCS / "dashboard-builder.png"), full_page=True)
+        _screenshot(page, "dashboard-builder.png", tmp_path)
 
         with page.expect_download() as download:
             page.click("#download")
@@ -364,7 +370,7 @@ def test_run_view_shows_round_3_of_a_live_run_and_a_killed_peer_dead(browser, tm
         assert page.inner_text("#peers tr[data-peer='p2'] td.state") == "dead"
         assert page.inner_text("#peers tr[data-peer='p0'] td.state") != "dead"
         page.wait_for_timeout(1500)  # a few more rounds in the chart
-        page.screenshot(path=str(DOCS / "dashboard-run.png"), full_page=True)
+        _screenshot(page, "dashboard-run.png", tmp_path)
         assert coordinator.poll() is None  # the run goes on without p2
     finally:
         _stop(coordinator, *peers)
@@ -394,7 +400,7 @@ def test_ring_view_draws_a_killed_peer_dead_and_the_link_made_around_it(browser,
         assert page.locator("#topology line.relinked").count() == 1  # 1 -- 3 bridges the dead 2
         assert page.inner_text("#peers tr[data-peer='2'] td.state") == "dead"
         page.wait_for_timeout(2000)
-        page.screenshot(path=str(DOCS / "dashboard-ring.png"), full_page=True)
+        _screenshot(page, "dashboard-ring.png", tmp_path)
         assert bootstrap.poll() is None
     finally:
         _stop(bootstrap, *peers)
