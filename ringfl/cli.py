@@ -67,6 +67,29 @@ def _cmd_model_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from ringfl.model.schema import spec_schema
+
+    print(json.dumps(spec_schema(), indent=2))
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from ringfl.dashboard import serve_builder
+
+    trio.run(serve_builder, args.listen, Path(args.specs) if args.specs else None)
+    return 0
+
+
+def _add_dashboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dashboard", help="serve the model builder web page alone (no run)")
+    p.add_argument("listen", metavar="HOST:PORT")
+    p.add_argument("--specs", metavar="DIR", help="folder the builder saves specs to (default: saving off)")
+    p.set_defaults(handler=_cmd_dashboard)
+
+
 def _cmd_protocol_states(args: argparse.Namespace) -> int:
     from ringfl.protocol.state import format_table, mermaid
 
@@ -119,6 +142,13 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     _setup_logging(args)
     config = _coordinator_config(args)
     out = Path(args.out) if args.out else None
+    from ringfl.launch import serve_until_done
+
+    runner = serve_until_done
+    if args.dashboard:  # its address is checked before anything starts
+        from ringfl.dashboard import dashboard_runner
+
+        runner = dashboard_runner(args.dashboard, out)
     network = _network(config.tls)
     if config.topology:
         from ringfl.ring import Bootstrap
@@ -135,10 +165,9 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         print(f"coordinator listening on {address}; waiting for {server.config.peers} peer(s)", flush=True)
 
     from ringfl.interrupt import Interrupted, until_signal
-    from ringfl.launch import serve_until_done
 
     try:
-        summary = trio.run(until_signal, serve_until_done, server, announce)
+        summary = trio.run(until_signal, runner, server, announce)
     except Interrupted as stop:
         printer.progress.stop()
         return _stopped(server, stop, hint=_resume_hint(out, ring=bool(config.topology)))
@@ -379,6 +408,8 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     show = msub.add_parser("show", help="layers, output shapes and parameter counts of a spec")
     show.add_argument("spec", help="shipped spec name (mlp, cnn, rnn, digits-mlp) or a JSON/YAML file")
     show.set_defaults(handler=_cmd_model_show)
+    schema = msub.add_parser("schema", help="print the JSON Schema of a model spec")
+    schema.set_defaults(handler=_cmd_model_schema)
 
 
 def _add_protocol(sub: argparse._SubParsersAction) -> None:
@@ -413,6 +444,7 @@ def _add_coordinator(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write metrics.jsonl, summary.json and checkpoints here")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
     p.add_argument("--token-file", help="run token file peers must prove they know (default: $RINGFL_TOKEN)")
+    p.add_argument("--dashboard", metavar="HOST:PORT", help="serve the live run view and model builder here")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=_cmd_coordinator)
 
@@ -484,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_coordinator, _add_peer, _add_experiment, _add_train, _add_model, _add_protocol,
-                _add_topology, _add_certs, _add_token):
+                _add_topology, _add_certs, _add_token, _add_dashboard):
         add(sub)
     return parser
 

@@ -91,6 +91,8 @@ class PeerSession:
     ready: bool = False  # the peer loaded its model and data (its "ready" report)
     scheduled: bool = False  # ring mode: it was given the round schedule
     last_report: dict[str, Any] = field(default_factory=dict)
+    last_seen: float = field(default_factory=time.time)  # wall clock of its last message (dashboard)
+    rejected: dict[str, int] = field(default_factory=dict)  # its rejected uploads by reason (dashboard)
 
 
 @dataclass
@@ -195,6 +197,7 @@ class SessionServer:
             if session is None:
                 return
             async for message in messages:
+                session.last_seen = time.time()
                 await self.on_message(session, message)
         except CONNECTION_ERRORS as exc:
             log.info("peer %s: connection ended: %s", session.peer_id if session else "?", exc)
@@ -565,6 +568,8 @@ class Coordinator(SessionServer):
         await self._pool_send.send(item)  # backpressure: waits while the pool is full
         await item.decided.wait()
         accepted = item.reason is Reason.ACCEPTED
+        if not accepted:
+            session.rejected[item.reason.text] = session.rejected.get(item.reason.text, 0) + 1
         try:
             await session.stream.send(Ack(accepted=accepted, reason=ACK_REASON.get(item.reason, AckReason.INVALID),
                                           ack_seq=upload.seq, detail=item.detail, round=self.round))
@@ -577,6 +582,10 @@ class Coordinator(SessionServer):
         if item.answers_round == self.round and item.peer in self.selected:
             self.answered.add(item.peer)
             self.progress.notify()
+
+    def pool_depth(self) -> int:
+        """Uploads waiting in the gradient pool right now (the dashboard shows it live)."""
+        return self._pool_send.statistics().current_buffer_used
 
     def _observe_pool(self) -> None:
         stats = self._pool_send.statistics()

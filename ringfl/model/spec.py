@@ -158,7 +158,7 @@ def _flatten(cfg: dict[str, Any], shape: Shape) -> tuple[Shape, list[tuple[str, 
 
 def _dropout(cfg: dict[str, Any], shape: Shape) -> tuple[Shape, list[tuple[str, Shape]], int]:
     rate = cfg.setdefault("rate", 0.5)
-    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
         raise SpecError(f"layer 'dropout': 'rate' must be in [0, 1), got {rate!r}")
     cfg["rate"] = float(rate)
     return shape, [], 0
@@ -181,7 +181,9 @@ def _recurrent(gates: int) -> LayerRule:
             raise SpecError(f"layer '{cfg['type']}' needs a (steps, features) input, got {list(shape)}")
         hidden = _int(cfg, "hidden")
         num_layers = _int(cfg, "layers", 1)
-        sequences = bool(cfg.setdefault("return_sequences", False))
+        sequences = cfg.setdefault("return_sequences", False)
+        if not isinstance(sequences, bool):
+            raise SpecError(f"layer '{cfg['type']}': 'return_sequences' must be true or false, got {sequences!r}")
         steps, features = shape
         params: list[tuple[str, Shape]] = []
         for layer in range(num_layers):
@@ -231,15 +233,29 @@ def parse_spec(data: Any, source: str = "spec") -> ModelSpec:
     layers = raw.get("layers")
     if not isinstance(layers, list) or not layers:
         raise SpecError(f"{source}: 'layers' must be a non-empty list (or give 'custom': 'pkg.module:Class')")
-    infos, shape = [], input_shape
-    for index, layer in enumerate(layers):
-        info = _parse_layer(index, layer, shape, source)
-        infos.append(info)
-        raw["layers"][index] = info.config
-        shape = info.output_shape
+    infos, error = infer_layers(input_shape, layers, source)
+    if error is not None:
+        raise error
+    raw["layers"] = [info.config for info in infos]
+    shape = infos[-1].output_shape
     if shape != (num_classes,):
         raise SpecError(f"{source}: the last layer outputs {list(shape)} but num_classes is {num_classes}")
     return ModelSpec(raw=raw, layers=tuple(infos))
+
+
+def infer_layers(input_shape: Shape, layers: list[Any], source: str = "spec") -> tuple[list[LayerInfo], SpecError | None]:
+    """Every layer up to the first invalid one, and that layer's error (None if all parse): the
+    model builder shows shapes and counts up to a mistake, computed by the same rules."""
+    infos: list[LayerInfo] = []
+    shape = input_shape
+    for index, layer in enumerate(layers):
+        try:
+            info = _parse_layer(index, layer, shape, source)
+        except SpecError as exc:
+            return infos, exc
+        infos.append(info)
+        shape = info.output_shape
+    return infos, None
 
 
 def _parse_shape(value: Any, source: str) -> Shape:
@@ -280,12 +296,16 @@ def builtin_specs() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
+def builtin_spec_data(name: str) -> dict[str, Any]:
+    """A shipped spec as written (before normalising): the model builder starts from it."""
+    return json.loads((resources.files("ringfl.model") / "specs" / f"{name}.json").read_text())
+
+
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load a shipped spec by name (``mlp``, ``cnn``, ``rnn``, ``digits-mlp``) or a JSON/YAML file."""
     text_name = str(name_or_path)
     if text_name in builtin_specs():
-        text = (resources.files("ringfl.model") / "specs" / f"{text_name}.json").read_text()
-        return parse_spec(json.loads(text), source=text_name)
+        return parse_spec(builtin_spec_data(text_name), source=text_name)
     path = Path(text_name)
     if not path.is_file():
         valid = ", ".join(builtin_specs())
