@@ -36,6 +36,7 @@ from ringfl.errors import ConfigError
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import Model, shared_model
+from ringfl.privacy.dp_sgd import DpSgdAccounts
 from ringfl.privacy.ledger import PrivacyLedger
 from ringfl.protocol import (
     Accept,
@@ -453,6 +454,9 @@ class Coordinator(SessionServer):
         self.policy = AcceptancePolicy(acceptance, self.num_params)
         self.pool_stats = PoolStats()
         self.ledgers: dict[str, PrivacyLedger] = {}
+        t = config.training
+        self.dp_sgd = (DpSgdAccounts(t.privacy, batch_size=t.batch_size, rounds=config.rounds, epochs=t.epochs)
+                       if t.privacy.enabled else None)  # example-level DP-SGD ε per peer
         self.round = 0
         self.version = 0  # global model version: bumped by every applied update
         self.round_open = False
@@ -592,6 +596,8 @@ class Coordinator(SessionServer):
             self.policy.record(entry.sender, entry.round)
             if self.settings.epsilon:
                 self._ledger(entry.sender).spend(self.settings.epsilon, label=entry.round)
+            if self.dp_sgd is not None:
+                self.dp_sgd.charge(entry.sender, entry.num_samples)
             self.pool_stats.applied += 1
             self.version += 1
             replayed += 1
@@ -616,6 +622,8 @@ class Coordinator(SessionServer):
             return Reason.REFUSED_BY_ALGORITHM, str(exc)
         if epsilon:
             ledger.spend(epsilon, label=item.round)
+        if self.dp_sgd is not None:
+            self.dp_sgd.charge(item.peer, item.num_samples)
         self.policy.record(item.peer, item.round)
         return Reason.ACCEPTED, ""
 
@@ -729,6 +737,8 @@ class Coordinator(SessionServer):
         if self.settings.epsilon:
             record["epsilon_spent"] = max((lg.total for lg in self.ledgers.values()), default=0.0)
             record["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
+        if self.dp_sgd is not None:
+            record.update(self.dp_sgd.fields())
         self.history.append(record)
         if self.metrics:
             self.metrics.write(record)
@@ -754,6 +764,8 @@ class Coordinator(SessionServer):
             summary["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
             summary["epsilon_advanced"] = {p: _finite_or_none(lg.advanced_total())
                                            for p, lg in sorted(self.ledgers.items())}
+        if self.dp_sgd is not None:
+            summary.update(self.dp_sgd.fields())
         if self.metrics:
             self.metrics.write_summary(summary)
         return summary
