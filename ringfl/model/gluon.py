@@ -449,6 +449,13 @@ class GluonModel:
             losses.append(loss.sum())
         return sums, nd.concat(*norms, dim=0), nd.add_n(*losses)
 
+    def logits(self, params: np.ndarray, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Class scores (N, classes) of ``params`` on ``x``, as float32 numpy (membership audits)."""
+        self.set_flat(params)
+        parts = [self.net(nd.array(x[i : i + batch_size], dtype="float32")).asnumpy()
+                 for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.spec.num_classes), np.float32)
+
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
         """(mean loss, accuracy) of ``params`` on (x, y)."""
         self.set_flat(params)
