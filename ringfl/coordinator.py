@@ -739,6 +739,7 @@ class Coordinator(SessionServer):
             record["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
         if self.dp_sgd is not None:
             record.update(self.dp_sgd.fields())
+        record.update(self.algorithm.privacy_report())
         self.history.append(record)
         if self.metrics:
             self.metrics.write(record)
@@ -766,6 +767,7 @@ class Coordinator(SessionServer):
                                            for p, lg in sorted(self.ledgers.items())}
         if self.dp_sgd is not None:
             summary.update(self.dp_sgd.fields())
+        summary.update(self.algorithm.privacy_report())
         if self.metrics:
             self.metrics.write_summary(summary)
         return summary
