@@ -821,7 +821,8 @@ async def _within_deadline(run: Run, work: Awaitable[Any]) -> None:
 
 
 def _dp(run: Run) -> bool:
-    return run.setting.params.get("epsilon") is not None
+    """NumericSparse (an ε axis) or example-level DP-SGD (training.privacy) is on."""
+    return run.setting.params.get("epsilon") is not None or run.config.training.privacy.enabled
 
 
 def _epsilon(run: Run, metrics: Mapping[str, Any]) -> float | None:

@@ -212,3 +212,18 @@ async def test_ring_mode_dp_sgd_peers_learn_with_epsilon_in_the_metrics():
     assert 3.9 < last["epsilon_spent"] <= 4.0
     assert all(3.9 < p.history[-1]["epsilon"] <= 4.0 for p in peers)
     assert last["accuracy"] > 0.5
+
+
+def test_experiment_summary_shows_dp_sgd_epsilon(tmp_path):
+    import csv
+
+    from ringfl import experiment as exp
+
+    experiment = exp.plan({"base": {"rounds": 2, "peers": 2, "training": {
+        "lr": 0.5, "batch_size": 32, "privacy": {"mechanism": "dp-sgd", "target_epsilon": 2.0}}},
+        "grid": {"algorithm": ["fedavg"]}, "standalone_peers": 1})
+    exp.run_experiment(experiment, tmp_path)
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        rows = {row["mode"]: row for row in csv.DictReader(handle)}
+    assert 1.9 < float(rows["coordinator"]["epsilon_composed"]) <= 2.0
+    assert float(rows["coordinator"]["final_accuracy"]) > 0.3
