@@ -495,6 +495,8 @@ class Coordinator(SessionServer):
             "applied": self.pool_stats.applied,
         }
         meta["seen"] = sorted(self.policy.seen)
+        if self.dp_sgd is not None:
+            meta["dp_sgd"] = self.dp_sgd.to_dict()
         save_checkpoint(self.checkpoint_path, self.algorithm.state(), meta)
         if self.wal is not None:
             self.wal.reset()
@@ -506,6 +508,8 @@ class Coordinator(SessionServer):
         self.round, self.version = int(meta["round"]), int(meta["version"])
         self.indices = {k: int(v) for k, v in meta["indices"].items()}
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
+        if self.dp_sgd is not None:
+            self.dp_sgd.restore(meta.get("dp_sgd", {}))
         self.pool_stats.applied = int(meta.get("applied", 0))
         self.policy.restore({(str(peer), int(r)) for peer, r in meta.get("seen", [])})
         self._replay_log(self.pool_stats.applied)

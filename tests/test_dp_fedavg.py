@@ -92,3 +92,13 @@ async def test_dp_fedavg_run_learns_and_reports_user_epsilon(tmp_path):
     assert last["accuracy"] > 0.6
     assert last["user_epsilon"] == pytest.approx(epsilon(0.02, 1.0, 4, 1e-5)) and last["user_epsilon"] > 100
     assert last["user_delta"] == 1e-5
+
+
+def test_checkpoint_state_keeps_the_clip_and_the_rounds_spent():
+    algorithm = server(size=10, user_clip=0.5, user_noise=1.0, clip_quantile=0.5)
+    for _ in range(3):
+        play(algorithm, [np.ones(10)] * 4)
+    again = server(size=10, user_clip=0.5, user_noise=1.0, clip_quantile=0.5)
+    again.load_state(algorithm.state())
+    assert again.clip == pytest.approx(algorithm.clip) and again.clip != 0.5
+    assert again.privacy_report()["user_epsilon"] == pytest.approx(epsilon(1.0, 1.0, 3, 1e-5))

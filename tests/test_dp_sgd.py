@@ -227,3 +227,15 @@ def test_experiment_summary_shows_dp_sgd_epsilon(tmp_path):
         rows = {row["mode"]: row for row in csv.DictReader(handle)}
     assert 1.9 < float(rows["coordinator"]["epsilon_composed"]) <= 2.0
     assert float(rows["coordinator"]["final_accuracy"]) > 0.3
+
+
+async def test_a_resumed_coordinator_keeps_every_peers_dp_sgd_epsilon(tmp_path):
+    from ringfl.coordinator import Coordinator
+    from ringfl.transport import MemoryNetwork
+
+    config = demo_config(rounds=2, peers=2, training=DP_TRAINING)
+    first, _ = await run_coordinator(config, out_dir=tmp_path)
+    resumed = Coordinator(config.replace(rounds=3), MemoryNetwork(), tmp_path, resume=True)
+    assert resumed.dp_sgd is not None
+    assert resumed.dp_sgd.per_peer() == pytest.approx(first.dp_sgd.per_peer())
+    assert all(eps > 0 for eps in resumed.dp_sgd.per_peer().values())

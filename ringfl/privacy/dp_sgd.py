@@ -172,6 +172,13 @@ class DpSgdAccounts:
         ledger = self.ledgers.setdefault(peer, GaussianLedger(peer=peer, delta=self.config.delta))
         ledger.record(run_plan.noise_multiplier, run_plan.sample_rate, run_plan.steps_per_round)
 
+    def to_dict(self) -> dict[str, Any]:
+        """For the coordinator's checkpoint."""
+        return {peer: ledger.to_dict() for peer, ledger in self.ledgers.items()}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.ledgers = {peer: GaussianLedger.from_dict(d) for peer, d in data.items()}
+
     def per_peer(self) -> dict[str, float | None]:
         """ε at δ per peer (None for an unbounded ε: no noise)."""
         out = {}
