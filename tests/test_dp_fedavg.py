@@ -74,7 +74,7 @@ def test_dp_fedavg_refuses_robust_aggregation():
 
 
 async def test_without_noise_and_with_a_loose_clip_dp_fedavg_is_fedavg():
-    config = demo_config(rounds=3, peers=3)
+    config = demo_config(rounds=3, peers=3, round_timeout=120.0)
     plain, _ = await run_coordinator(config)
     dp, _ = await run_coordinator(config.replace(algorithm="dp-fedavg", algorithm_settings={
         "user_clip": 100.0, "user_noise": 0.0}))
@@ -86,7 +86,7 @@ async def test_dp_fedavg_run_learns_and_reports_user_epsilon(tmp_path):
     """Three peers are far too few for a small user-level ε (the noise on the mean is z·S/3): a
     small z shows the mechanics; the ε it reports is honest, and large."""
     settings = {"user_clip": 1.0, "user_noise": 0.02, "user_peers": 3}
-    config = demo_config(algorithm="dp-fedavg", rounds=4, peers=3, algorithm_settings=settings)
+    config = demo_config(algorithm="dp-fedavg", rounds=4, peers=3, algorithm_settings=settings, round_timeout=120.0)
     coordinator, _ = await run_coordinator(config, out_dir=tmp_path)
     last = coordinator.history[-1]
     assert last["accuracy"] > 0.6

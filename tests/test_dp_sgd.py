@@ -184,7 +184,7 @@ DP_TRAINING = TrainingConfig(lr=0.5, batch_size=32, privacy=DpSgdConfig(mechanis
 
 
 async def test_coordinator_mode_reports_epsilon_per_peer_and_learns():
-    config = demo_config(rounds=3, peers=3, training=DP_TRAINING)
+    config = demo_config(rounds=3, peers=3, training=DP_TRAINING, round_timeout=120.0)
     coordinator, peers = await run_coordinator(config)
     last = coordinator.history[-1]
     assert set(last["epsilon_per_peer"]) == {"p0", "p1", "p2"}
@@ -198,7 +198,7 @@ async def test_coordinator_mode_reports_epsilon_per_peer_and_learns():
 async def test_coordinator_mode_peer_stops_at_its_budget():
     training = TrainingConfig(lr=0.5, batch_size=32, privacy=DpSgdConfig(
         mechanism="dp-sgd", noise_multiplier=1.5, budget=1.45))
-    config = demo_config(rounds=6, peers=2, training=training, round_timeout=5.0)
+    config = demo_config(rounds=6, peers=2, training=training, round_timeout=15.0)
     coordinator, peers = await run_coordinator(config)
     for peer in peers:  # ~720 records, q = 32/720, 22 steps a round: ε 0.95, 1.19, 1.39, then 1.57
         assert len(peer.history) == 3
@@ -208,7 +208,8 @@ async def test_coordinator_mode_peer_stops_at_its_budget():
 
 @pytest.mark.parametrize("algorithm", ["gossip-dssgd", "relay", "choco"])
 async def test_ring_mode_dp_sgd_peers_learn_with_epsilon_in_the_metrics(algorithm):
-    bootstrap, peers = await run_ring(generate("ring", 4), algorithm, rounds=3, training=DP_TRAINING)
+    bootstrap, peers = await run_ring(generate("ring", 4), algorithm, rounds=3, training=DP_TRAINING,
+                                      round_timeout=120.0)
     last = bootstrap.history[-1]
     assert 3.9 < last["epsilon_spent"] <= 4.0
     assert all(3.9 < p.history[-1]["epsilon"] <= 4.0 for p in peers)
@@ -218,7 +219,7 @@ async def test_ring_mode_dp_sgd_peers_learn_with_epsilon_in_the_metrics(algorith
 @pytest.mark.parametrize("algorithm", ["fedsgd", "dssgd"])
 async def test_dp_sgd_under_the_other_coordinator_algorithms(algorithm):
     """FedSGD's full-set gradient is not DP-SGD training: DP-SGD replaces local epochs only."""
-    config = demo_config(rounds=2, peers=2, training=DP_TRAINING, algorithm=algorithm,
+    config = demo_config(rounds=2, peers=2, training=DP_TRAINING, algorithm=algorithm, round_timeout=120.0,
                          algorithm_settings={"theta_u": 0.5} if algorithm == "dssgd" else {})
     coordinator, peers = await run_coordinator(config)
     eps = coordinator.history[-1].get("epsilon_per_peer", {})
@@ -247,7 +248,7 @@ async def test_a_resumed_coordinator_keeps_every_peers_dp_sgd_epsilon(tmp_path):
     from ringfl.coordinator import Coordinator
     from ringfl.transport import MemoryNetwork
 
-    config = demo_config(rounds=2, peers=2, training=DP_TRAINING)
+    config = demo_config(rounds=2, peers=2, training=DP_TRAINING, round_timeout=120.0)
     first, _ = await run_coordinator(config, out_dir=tmp_path)
     resumed = Coordinator(config.replace(rounds=3), MemoryNetwork(), tmp_path, resume=True)
     assert resumed.dp_sgd is not None
