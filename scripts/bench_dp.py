@@ -145,7 +145,7 @@ def speed(repeats: int = 5) -> list[dict[str, Any]]:
     return rows
 
 
-def audit_suite(out: Path, shadows: int, console: Console) -> list[dict[str, Any]]:
+def audit_suite(out: Path, shadows: int, members: int, console: Console) -> list[dict[str, Any]]:
     """Train the non-private and two DP runs, then audit each final model."""
     from ringfl.audit import AuditConfig, audit_params
 
@@ -154,7 +154,7 @@ def audit_suite(out: Path, shadows: int, console: Console) -> list[dict[str, Any
     for setting in settings:
         result, server = trio.run(run_setting, setting)
         report = audit_params(server.algorithm.params.copy(), AuditConfig(
-            data="fashion-mnist", model="mlp", peers=PEERS, index=0, seed=0, shadows=shadows,
+            data="fashion-mnist", model="mlp", peers=PEERS, index=0, seed=0, shadows=shadows, members=members,
             training=setting["training"], rounds=setting["rounds"]))
         row = {**result, **{f"audit_{k}": v for k, v in report.items()}}
         console.print_json(json.dumps(row))
@@ -177,39 +177,51 @@ def write_table_and_plot(rows: list[dict[str, Any]], out: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    finite = [r for r in rows if r.get("epsilon") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tpr = ax.twinx()  # leakage on its own scale: next to accuracy it would be a flat line at 0
+    finite = sorted((r for r in rows if r.get("epsilon") is not None), key=lambda r: r["epsilon"])
     xs = [r["epsilon"] for r in finite]
-    ax.plot(xs, [r["final_accuracy"] for r in finite], "o-", label="accuracy")
-    ax.plot(xs, [r["audit_lira_tpr_1pct"] for r in finite], "s-", label="LiRA TPR @ 1 % FPR")
+    ax.plot(xs, [r["final_accuracy"] for r in finite], "o-", color="C0", label="accuracy (DP-SGD)")
+    tpr.plot(xs, [r["audit_lira_tpr_1pct"] for r in finite], "s-", color="C1", label="LiRA TPR @ 1 % FPR (DP-SGD)")
+    tpr.axhline(0.01, color="grey", ls=":", lw=1, label="TPR of a blind guess (= FPR)")
     for r in rows:
         if r.get("epsilon") is None:  # the non-private run: horizontal reference lines
-            ax.axhline(r["final_accuracy"], color="C0", ls="--", lw=1, label="non-private accuracy")
-            ax.axhline(r["audit_lira_tpr_1pct"], color="C1", ls="--", lw=1, label="non-private TPR @ 1 % FPR")
+            ax.axhline(r["final_accuracy"], color="C0", ls="--", lw=1, label="accuracy, non-private")
+            tpr.axhline(r["audit_lira_tpr_1pct"], color="C1", ls="--", lw=1, label="TPR, non-private")
     ax.set_xscale("log")
-    ax.set_xlabel("ε per peer (δ = 1e-5)")
-    ax.set_title("Fashion-MNIST, 10 peers, FedAvg + DP-SGD: accuracy and measured leakage")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("ε per peer over the run (δ = 1e-5)")
+    ax.set_ylabel("test accuracy")
+    tpr.set_ylabel("LiRA TPR at 1 % FPR")
+    tpr.set_ylim(0, max(0.05, 1.3 * max(r["audit_lira_tpr_1pct"] for r in rows)))
+    ax.set_title("Fashion-MNIST, 10 peers, FedAvg + DP-SGD")
+    handles = ax.get_legend_handles_labels()
+    more = tpr.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(out / "accuracy_epsilon_audit.png", dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("targets", "ring", "speed", "audit"))
+    parser.add_argument("suite", choices=("targets", "ring", "speed", "audit", "replot"),
+                        help="replot: summary.csv and the plot again from OUT/audit.json")
     parser.add_argument("--only", type=int, nargs="*", help="indices of settings to run")
     parser.add_argument("--shadows", type=int, default=16, help="audit: shadow models")
+    parser.add_argument("--members", type=int, default=5000, help="audit: members (and non-members) audited")
     parser.add_argument("--out", default="results/bench_dp", help="folder for JSON (and the plot)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
+    if args.suite == "replot":
+        write_table_and_plot(json.loads((out / "audit.json").read_text()), out)
+        return
     if args.suite == "speed":
         rows = speed()
         for row in rows:
             console.print_json(json.dumps(row))
     elif args.suite == "audit":
-        rows = audit_suite(out, args.shadows, console)
+        rows = audit_suite(out, args.shadows, args.members, console)
         write_table_and_plot(rows, out)
     else:
         settings = targets_suite() if args.suite == "targets" else ring_suite()
