@@ -229,19 +229,28 @@ async def test_dp_sgd_under_the_other_coordinator_algorithms(algorithm):
         assert set(eps) == {"p0", "p1"} and all(0 < e <= 4.0 for e in eps.values())
 
 
-def test_experiment_summary_shows_dp_sgd_epsilon(tmp_path):
+def test_experiment_summary_shows_dp_sgd_epsilon_and_the_audit_side_by_side(tmp_path):
     import csv
 
     from ringfl import experiment as exp
+    from ringfl.report import read_results
 
     experiment = exp.plan({"base": {"rounds": 2, "peers": 2, "training": {
         "lr": 0.5, "batch_size": 32, "privacy": {"mechanism": "dp-sgd", "target_epsilon": 2.0}}},
-        "grid": {"algorithm": ["fedavg"]}, "standalone_peers": 1})
+        "grid": {"algorithm": ["fedavg"]}, "standalone_peers": 1, "audit": {"shadows": 2, "members": 50}})
     exp.run_experiment(experiment, tmp_path)
     with open(tmp_path / "summary.csv", newline="") as handle:
         rows = {row["mode"]: row for row in csv.DictReader(handle)}
     assert 1.9 < float(rows["coordinator"]["epsilon_composed"]) <= 2.0
     assert float(rows["coordinator"]["final_accuracy"]) > 0.3
+    assert 0.0 <= float(rows["coordinator"]["audit_lira_tpr_1pct"]) <= 1.0
+    assert 0.2 < float(rows["coordinator"]["audit_lira_auc"]) < 0.8
+    assert rows["centralized"]["audit_lira_auc"] == ""  # reference lines are not audited
+    assert (tmp_path / "plots" / "privacy_audit.png").is_file()
+    audited = [r for r in read_results(tmp_path) if r.audit]
+    assert len(audited) == 1 and audited[0].audit["members"] == 50  # audit.json is read back
+    with pytest.raises(ConfigError, match="audit: expected true or a mapping"):
+        exp.plan({"audit": {"shadow": 3}})
 
 
 async def test_a_resumed_coordinator_keeps_every_peers_dp_sgd_epsilon(tmp_path):
