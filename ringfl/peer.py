@@ -291,7 +291,7 @@ class PeerBase:
             path = f"{self.options.ledger_path}.dp-sgd.json" if self.options.ledger_path else None
             self.dp_sgd = DpSgdTrainer(t.privacy, run_plan, peer=self.name, ledger_path=path)
         return await self.dp_sgd.train(self.model, params, self.data.x, self.data.y, lr=t.lr,
-                                       batch_size=t.batch_size, seed=hash((run.seed, run.index, round_)) % (2**31))
+                                       batch_size=t.batch_size)
 
     @property
     def epsilon_spent(self) -> float | None:

@@ -102,3 +102,10 @@ def test_checkpoint_state_keeps_the_clip_and_the_rounds_spent():
     again.load_state(algorithm.state())
     assert again.clip == pytest.approx(algorithm.clip) and again.clip != 0.5
     assert again.privacy_report()["user_epsilon"] == pytest.approx(epsilon(1.0, 1.0, 3, 1e-5))
+
+
+def test_server_noise_does_not_come_from_the_run_seed():
+    a, b = server(size=100, user_noise=1.0), server(size=100, user_noise=1.0)  # same rng seed
+    play(a, [np.zeros(100)] * 2)
+    play(b, [np.zeros(100)] * 2)
+    assert not np.array_equal(a.params, b.params)

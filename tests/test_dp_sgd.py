@@ -165,7 +165,7 @@ def test_trainer_refuses_the_round_that_would_pass_the_budget(tmp_path):
         done, params = 0, model.init_params(0)
         with pytest.raises(BudgetExhausted, match="peer p0: DP-SGD budget ε=2"):
             while True:
-                params, _ = await trainer.train(model, params, x, y, lr=0.5, batch_size=30, seed=done)
+                params, _ = await trainer.train(model, params, x, y, lr=0.5, batch_size=30)
                 done += 1
         return done
 
@@ -263,3 +263,17 @@ async def test_a_resumed_coordinator_keeps_every_peers_dp_sgd_epsilon(tmp_path):
     assert resumed.dp_sgd is not None
     assert resumed.dp_sgd.per_peer() == pytest.approx(first.dp_sgd.per_peer())
     assert all(eps > 0 for eps in resumed.dp_sgd.per_peer().values())
+
+
+def test_peer_noise_is_not_reproducible_from_the_public_seed():
+    """The run's seed is in the config everyone has: a peer's DP noise must come from OS entropy."""
+    import trio
+
+    model = shared_model(load_spec("digits-mlp"))
+    x, y = _digits(model.spec, 200)
+    config = DpSgdConfig(mechanism="dp-sgd", noise_multiplier=1.0)
+    trainer = DpSgdTrainer(config, plan(config, num_samples=200, batch_size=20, rounds=5))
+    params = model.init_params(0)
+    first = trio.run(lambda: trainer.train(model, params, x, y, lr=0.1, batch_size=20))[0]
+    second = trio.run(lambda: trainer.train(model, params, x, y, lr=0.1, batch_size=20))[0]
+    assert not np.array_equal(first, second)

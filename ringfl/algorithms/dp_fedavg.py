@@ -62,6 +62,8 @@ class DPFedAvgCoordinator(FedAvgCoordinator):
         self.ledger = GaussianLedger(peer="all peers (user level)", delta=settings.dp_delta,
                                      budget=settings.user_target_epsilon)
         self.last_clipped_fraction: float | None = None
+        # the noise must not come from the run's seed (public in the config): OS entropy instead
+        self.noise_rng = np.random.default_rng()
 
     def submit(self, update: Update) -> None:
         if isinstance(update.vector, SparseVector):
@@ -93,11 +95,11 @@ class DPFedAvgCoordinator(FedAvgCoordinator):
         count_noise = max(n / 20.0, self.noise_multiplier)
         z = split_noise(self.noise_multiplier, count_noise) if adaptive else self.noise_multiplier
         if z > 0:
-            total += self.rng.normal(0.0, z * self.clip, self.size)
+            total += self.noise_rng.normal(0.0, z * self.clip, self.size)
         self._params += np.float32(s.server_lr) * (total / n).astype(np.float32)
         self.last_clipped_fraction = 1.0 - within / len(updates)
         if adaptive:
-            noisy = (within + (self.rng.normal(0.0, count_noise) if z > 0 else 0.0)) / n
+            noisy = (within + (self.noise_rng.normal(0.0, count_noise) if z > 0 else 0.0)) / n
             self.clip *= math.exp(-s.clip_lr * (noisy - s.clip_quantile))
 
     def privacy_report(self) -> dict[str, Any]:

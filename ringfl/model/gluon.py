@@ -308,7 +308,7 @@ class GluonModel:
         clip: float,
         noise_multiplier: float,
         steps: int,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> TrainResult:
         """DP-SGD from ``params``: ``steps`` Poisson-sampled batches (each example in with rate
         q = batch_size / N), every example's gradient clipped to L2 norm ``clip``, N(0, (σ·clip)²)
@@ -316,11 +316,14 @@ class GluonModel:
 
         The expected batch size (not the drawn one) divides, so an example's influence on a step is
         at most lr·clip/batch_size whatever else was sampled — what the accountant assumes.
+        ``seed=None`` (what peers use) draws the sampling and the noise from OS entropy: noise from
+        a seed others know (the run's seed is public) could be regenerated and subtracted.
         """
         self._check_per_example()
         self.set_flat(params)
         rng = np.random.default_rng(seed)
-        mx.random.seed(seed % (2**31))
+        if seed is not None:  # tests and benchmarks: reproducible (MXNet's RNG only drives dropout)
+            mx.random.seed(seed % (2**31))
         n = len(y)
         rate = min(1.0, batch_size / max(n, 1))
         scale, sd = lr / (rate * n), noise_multiplier * clip

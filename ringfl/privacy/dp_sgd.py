@@ -129,13 +129,16 @@ class DpSgdTrainer:
     def epsilon(self) -> float:
         return self.ledger.total
 
-    async def train(self, model: Any, params: Any, x: Any, y: Any, *, lr: float, batch_size: int,
-                    seed: int) -> tuple[Any, float]:
-        """One round of local DP-SGD; the ledger is charged (and saved) before anything leaves."""
+    async def train(self, model: Any, params: Any, x: Any, y: Any, *, lr: float,
+                    batch_size: int) -> tuple[Any, float]:
+        """One round of local DP-SGD; the ledger is charged (and saved) before anything leaves.
+
+        Sampling and noise come from OS entropy, never from the run's (public) seed.
+        """
         p = self.plan
         self.ledger.check(p.noise_multiplier, p.sample_rate, p.steps_per_round)
         result = await model.train_dp(params, x, y, lr=lr, batch_size=batch_size, clip=self.config.clip,
-                                      noise_multiplier=p.noise_multiplier, steps=p.steps_per_round, seed=seed)
+                                      noise_multiplier=p.noise_multiplier, steps=p.steps_per_round, seed=None)
         self.ledger.record(p.noise_multiplier, p.sample_rate, p.steps_per_round)
         self.save()
         return result.params, result.loss
