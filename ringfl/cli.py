@@ -21,6 +21,7 @@ else:  # trio depends on the backport there
 
 from ringfl.config import TLSConfig, load_token
 from ringfl.errors import ConfigError, RingflError
+from ringfl.privacy.commands import add_audit, add_privacy
 from ringfl.protocol import ProtocolError
 from ringfl.transport import TransportError
 
@@ -516,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_coordinator, _add_peer, _add_experiment, _add_train, _add_model, _add_protocol,
-                _add_topology, _add_certs, _add_token, _add_dashboard):
+                _add_topology, _add_certs, _add_token, _add_dashboard, add_privacy, add_audit):
         add(sub)
     return parser
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 from ringfl.errors import ConfigError
+from ringfl.privacy.dp_sgd import DpSgdConfig
 
 T = TypeVar("T")
 ORDERS = ("auto", "sync", "round-robin", "random", "async")
@@ -33,6 +34,7 @@ class TrainingConfig:
     epochs: int = 1  # local epochs per round (FedAvg E; DSSGD uses 1)
     momentum: float = 0.0
     weight_decay: float = 0.0
+    privacy: DpSgdConfig = field(default_factory=DpSgdConfig)  # example-level DP-SGD (ringfl.privacy.dp_sgd)
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ def _check_ranges(config: RunConfig, where: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{where}: {message}")
+    config.training.privacy.check(f"{where}: training.privacy")
     from ringfl.attacks import parse_attack
 
     parse_attack(config.byzantine.attack)

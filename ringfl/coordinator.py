@@ -36,6 +36,7 @@ from ringfl.errors import ConfigError, RunAborted
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import Model, shared_model
+from ringfl.privacy.dp_sgd import DpSgdAccounts
 from ringfl.privacy.ledger import PrivacyLedger
 from ringfl.protocol import (
     Accept,
@@ -489,6 +490,9 @@ class Coordinator(SessionServer):
         self.secagg = None if config.secagg is None else _secagg(self)
         self.pool_stats = PoolStats()
         self.ledgers: dict[str, PrivacyLedger] = {}
+        t = config.training
+        self.dp_sgd = (DpSgdAccounts(t.privacy, batch_size=t.batch_size, rounds=config.rounds, epochs=t.epochs)
+                       if t.privacy.enabled else None)  # example-level DP-SGD ε per peer
         self.round = 0
         self.version = 0  # global model version: bumped by every applied update
         self.round_open = False
@@ -529,6 +533,8 @@ class Coordinator(SessionServer):
         meta["seen"] = sorted(self.policy.seen)
         if self.secagg is not None:
             meta["secagg_rounds"] = self.secagg.closed_rounds  # noisy sums released, for ε
+        if self.dp_sgd is not None:
+            meta["dp_sgd"] = self.dp_sgd.to_dict()
         save_checkpoint(self.checkpoint_path, self.algorithm.state(), meta)
         if self.wal is not None:
             self.wal.reset()
@@ -542,6 +548,8 @@ class Coordinator(SessionServer):
         self.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
         if self.secagg is not None:
             self.secagg.closed_rounds = int(meta.get("secagg_rounds", 0))
+        if self.dp_sgd is not None:
+            self.dp_sgd.restore(meta.get("dp_sgd", {}))
         self.pool_stats.applied = int(meta.get("applied", 0))
         self.policy.restore({(str(peer), int(r)) for peer, r in meta.get("seen", [])})
         self._replay_log(self.pool_stats.applied)
@@ -640,6 +648,8 @@ class Coordinator(SessionServer):
             self.policy.record(entry.sender, entry.round)
             if self.settings.epsilon:
                 self._ledger(entry.sender).spend(self.settings.epsilon, label=entry.round)
+            if self.dp_sgd is not None:
+                self.dp_sgd.charge(entry.sender, entry.num_samples)
             self.pool_stats.applied += 1
             self.version += 1
             replayed += 1
@@ -664,6 +674,8 @@ class Coordinator(SessionServer):
             return Reason.REFUSED_BY_ALGORITHM, str(exc)
         if epsilon:
             ledger.spend(epsilon, label=item.round)
+        if self.dp_sgd is not None:
+            self.dp_sgd.charge(item.peer, item.num_samples)
         self.policy.record(item.peer, item.round)
         return Reason.ACCEPTED, ""
 
@@ -781,6 +793,9 @@ class Coordinator(SessionServer):
         if self.settings.epsilon:
             record["epsilon_spent"] = max((lg.total for lg in self.ledgers.values()), default=0.0)
             record["epsilon_per_peer"] = {p: lg.total for p, lg in sorted(self.ledgers.items())}
+        if self.dp_sgd is not None:
+            record.update(self.dp_sgd.fields())
+        record.update(self.algorithm.privacy_report())
         self.history.append(record)
         if self.metrics:
             self.metrics.write(record)
@@ -808,6 +823,9 @@ class Coordinator(SessionServer):
                                            for p, lg in sorted(self.ledgers.items())}
         if self.secagg is not None:
             summary["secagg"] = self.secagg.summary()
+        if self.dp_sgd is not None:
+            summary.update(self.dp_sgd.fields())
+        summary.update(self.algorithm.privacy_report())
         if self.metrics:
             self.metrics.write_summary(summary)
         return summary

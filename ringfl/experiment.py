@@ -69,7 +69,9 @@ from ringfl.transport import MemoryNetwork, Network, TcpNetwork
 
 TRANSPORTS = ("memory", "tcp")
 BACKENDS = ("local", "ray")
-EXPERIMENT_KEYS = ("name", "description", "base", "grid", "standalone_peers", "eval_samples", "ray")
+EXPERIMENT_KEYS = ("name", "description", "base", "grid", "standalone_peers", "eval_samples", "ray",
+                   "audit")
+AUDIT_KEYS = ("shadows", "members", "index")  # `audit:` audits coordinator-mode runs (ringfl.audit)
 DEFAULT_STANDALONE_PEERS = 10
 CONFIG_FILE = "config.json"  # the resolved configuration, beside report's setting.json
 COPY_FILE = "experiment.yaml"  # the experiment as run, in the output folder
@@ -123,6 +125,7 @@ class Experiment:
     description: str = ""
     eval_samples: int | None = None  # ring peers evaluate on at most this many test samples
     ray: dict[str, Any] = field(default_factory=dict)  # options of the Ray backend (experiment_ray.py)
+    audit: dict[str, int] | None = None  # membership-inference audit of coordinator-mode runs
 
 
 def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Experiment:
@@ -178,7 +181,21 @@ def plan(data: Any, where: str = "experiment", default_name: str = "experiment")
         raise ConfigError(f"{where}: ray: expected a mapping (num_cpus, peer_num_cpus, max_retries), got {ray!r}")
     return Experiment(name=str(name), runs=runs, description=str(data.get("description") or ""),
                       eval_samples=eval_samples, source=yaml.safe_dump(_plain(data), sort_keys=False),
-                      ray=dict(ray))
+ray=dict(ray),
+                      audit=_audit_options(data.get("audit"), where))
+
+
+def _audit_options(data: Any, where: str) -> dict[str, int] | None:
+    """``audit: {shadows: 16, members: 1000, index: 0}`` (or ``audit: true`` for those defaults)."""
+    if data is None or data is False:
+        return None
+    if data is True:
+        data = {}
+    if not isinstance(data, Mapping) or set(data) - set(AUDIT_KEYS):
+        raise ConfigError(f"{where}: audit: expected true or a mapping of {', '.join(AUDIT_KEYS)}")
+    options = {"shadows": 16, "members": 1000, "index": 0, **data}
+    return {key: _positive_int(value, f"{where}: audit.{key}") if key != "index" else int(value)
+            for key, value in options.items()}
 
 
 def expand_grid(grid: Any, where: str = "experiment") -> list[dict[str, Any]]:
@@ -490,7 +507,7 @@ def run_experiment(experiment: Experiment, out_dir: str | Path, *, transport: st
     if worker is not None:
         index, count = worker
         mine = [r for k, r in enumerate(experiment.runs) if k % count == index and not finished(out, r)]
-        _run_all(mine, out, transport, experiment.eval_samples, JsonLines())
+        _run_all(mine, out, transport, experiment.eval_samples, JsonLines(), experiment.audit)
         return []
     console = console or Console(highlight=False)
     _check_data(experiment.runs)
@@ -549,7 +566,7 @@ class LocalBackend:
         if self.jobs > 1 and len(pending) > 1:
             _run_workers(experiment, out, transport, min(self.jobs, len(pending)), bar)
         else:
-            _run_all(pending, out, transport, experiment.eval_samples, bar)
+            _run_all(pending, out, transport, experiment.eval_samples, bar, experiment.audit)
 
 
 def make_backend(name: str, jobs: int, address: str | None, experiment: Experiment) -> Backend:
@@ -571,10 +588,11 @@ def make_backend(name: str, jobs: int, address: str | None, experiment: Experime
 
 
 def _run_all(runs: Sequence[Run], out: Path, transport: str, eval_samples: int | None,
-             tracker: Tracker) -> None:
+             tracker: Tracker, audit: dict[str, int] | None = None) -> None:
     for run in runs:
         tracker.begin(run)
-        result = run_setting(run, out, transport=transport, eval_samples=eval_samples, tracker=tracker)
+        result = run_setting(run, out, transport=transport, eval_samples=eval_samples, tracker=tracker,
+                             audit=audit)
         store_result(out, run, result)
         tracker.finish(run, result)
 
@@ -588,8 +606,9 @@ def store_result(out: Path, run: Run, result: SettingResult) -> None:
 
 
 def run_setting(run: Run, out: Path, *, transport: str = "memory", eval_samples: int | None = None,
-                tracker: Tracker | None = None) -> SettingResult:
-    """Run one setting and return its records (not yet written)."""
+                tracker: Tracker | None = None, audit: dict[str, int] | None = None) -> SettingResult:
+    """Run one setting and return its records (not yet written); ``audit`` options audit the final
+    model of a coordinator-mode run (:mod:`ringfl.audit`)."""
     tracker = tracker or _Silent()
     started = time.perf_counter()
     if run.mode == "centralized":
@@ -597,7 +616,7 @@ def run_setting(run: Run, out: Path, *, transport: str = "memory", eval_samples:
     if run.mode == "standalone":
         return _standalone(run, tracker, started)
     if run.mode == "coordinator":
-        return trio.run(_coordinator, run, transport, tracker, started)
+        return trio.run(_coordinator, run, transport, tracker, started, audit)
     return trio.run(_ring, run, out, transport, eval_samples, tracker, started)
 
 
@@ -706,7 +725,8 @@ class ReportingCoordinator(Coordinator):
         self.reports.setdefault(played + 1, {})[session.index] = metrics
 
 
-async def _coordinator(run: Run, transport: str, tracker: Tracker, started: float) -> SettingResult:
+async def _coordinator(run: Run, transport: str, tracker: Tracker, started: float,
+                       audit: dict[str, int] | None = None) -> SettingResult:
     config = _serving(run.config, transport)
     network = _network(transport)
     server = ReportingCoordinator(config, network)
@@ -727,7 +747,14 @@ async def _coordinator(run: Run, transport: str, tracker: Tracker, started: floa
         for round_, reports in sorted(server.reports.items()) if round_ in global_model
         for index, m in sorted(reports.items())
     ]
-    return SettingResult(run.setting, rounds, peers, time.perf_counter() - started, len(server.indices))
+    wall_time = time.perf_counter() - started
+    report = None
+    if audit:
+        from ringfl.audit import AuditConfig, audit_params
+
+        params = server.algorithm.params.copy()  # MXNet work stays on the MXNet thread (audit_params)
+        report = await trio.to_thread.run_sync(audit_params, params, AuditConfig.from_run(run.config, **audit))
+    return SettingResult(run.setting, rounds, peers, wall_time, len(server.indices), audit=report)
 
 
 # --- ring / topology mode ---------------------------------------------------------------------
@@ -890,7 +917,8 @@ async def _within_deadline(run: Run, work: Awaitable[Any]) -> None:
 
 
 def _dp(run: Run) -> bool:
-    return run.setting.params.get("epsilon") is not None
+    """NumericSparse (an ε axis) or example-level DP-SGD (training.privacy) is on."""
+    return run.setting.params.get("epsilon") is not None or run.config.training.privacy.enabled
 
 
 def _epsilon(run: Run, metrics: Mapping[str, Any]) -> float | None:

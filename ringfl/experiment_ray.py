@@ -75,7 +75,7 @@ class RayBackend:
             return
         connected = _connect(self.address)
         job = {"source": experiment.source, "cwd": os.getcwd(), "transport": transport,
-               "eval_samples": experiment.eval_samples, "peer_num_cpus": self.peer_num_cpus}
+               "eval_samples": experiment.eval_samples, "audit": experiment.audit, "peer_num_cpus": self.peer_num_cpus}
         task = _setting_task.options(num_cpus=self.num_cpus, max_retries=self.max_retries,
                                      retry_exceptions=False)
         running = {task.remote({**job, "key": run.setting.key, "resolved": run.resolved()}): run for run in pending}
@@ -143,13 +143,13 @@ def to_record(result: SettingResult) -> dict[str, Any]:
     """A setting's result as plain JSON-able values (what a task returns)."""
     return {"params": result.setting.params, "rounds": [dataclasses.asdict(r) for r in result.rounds],
             "peers": [dataclasses.asdict(p) for p in result.peers], "wall_time": result.wall_time,
-            "num_peers": result.num_peers}
+            "num_peers": result.num_peers, "audit": result.audit}
 
 
 def from_record(record: Mapping[str, Any]) -> SettingResult:
     return SettingResult(Setting(record["params"]), [RoundRecord(**r) for r in record["rounds"]],
                          [PeerRecord(**p) for p in record["peers"]], float(record["wall_time"]),
-                         int(record["num_peers"]))
+                         int(record["num_peers"]), audit=record.get("audit"))
 
 
 # --- on the nodes ------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _setting_task(job: dict[str, Any]) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="ringfl-setting-") as scratch:  # tcp: generated topologies
             result = exp.run_setting(run, Path(scratch), transport=job["transport"],
-                                     eval_samples=job["eval_samples"])
+                                     eval_samples=job["eval_samples"], audit=job["audit"])
     finally:
         exp.PLACEMENT.reset(token)
     return to_record(result)

@@ -33,6 +33,7 @@ from ringfl.errors import ConfigError, RingflError
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, load_spec, spec_from_json
 from ringfl.model.runtime import Model, shared_model
+from ringfl.privacy.dp_sgd import DpSgdTrainer, plan
 from ringfl.privacy.ledger import BudgetExhausted, PrivacyLedger
 from ringfl.protocol import (
     Accept,
@@ -169,6 +170,7 @@ class PeerBase:
         self.run_info: RunInfo | None = None
         self.model: Model | None = None
         self.ledger = PrivacyLedger()
+        self.dp_sgd: DpSgdTrainer | None = None  # example-level DP-SGD, made at the first round
         self.on_round: list[Callable[[dict[str, Any]], None]] = []
         self.history: list[dict[str, Any]] = []
         self.metrics: MetricsLog | None = None  # per-round metrics on disk (``ringfl peer --out``)
@@ -281,15 +283,36 @@ class PeerBase:
         await self.stream.send(PeerReport(metrics={"ready": True, "num_samples": self.data.num_samples}))
 
     async def train(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
-        """Local epochs from ``params``; returns the new vector and the mean training loss."""
+        """Local epochs from ``params``; returns the new vector and the mean training loss.
+
+        With ``training.privacy`` on, DP-SGD instead; raises ``BudgetExhausted`` past the budget.
+        """
         assert self.model is not None and self.run_info is not None and self.data is not None
         t = self.run_info.training
+        if t.privacy.enabled:
+            return await self._train_dp(params, round_)
         result = await self.model.train(
             params, self.data.x, self.data.y, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs,
             momentum=t.momentum, weight_decay=t.weight_decay,
             seed=hash((self.run_info.seed, self.run_info.index, round_)) % (2**31),
         )
         return result.params, result.loss
+
+    async def _train_dp(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
+        assert self.model is not None and self.run_info is not None and self.data is not None
+        run, t = self.run_info, self.run_info.training
+        if self.dp_sgd is None:
+            run_plan = plan(t.privacy, num_samples=self.data.num_samples, batch_size=t.batch_size,
+                            rounds=run.rounds, epochs=t.epochs)
+            path = f"{self.options.ledger_path}.dp-sgd.json" if self.options.ledger_path else None
+            self.dp_sgd = DpSgdTrainer(t.privacy, run_plan, peer=self.name, ledger_path=path)
+        return await self.dp_sgd.train(self.model, params, self.data.x, self.data.y, lr=t.lr,
+                                       batch_size=t.batch_size)
+
+    @property
+    def epsilon_spent(self) -> float | None:
+        """ε this peer has spent: DP-SGD's (at its δ) when on, else NumericSparse's ledger total."""
+        return self.dp_sgd.metrics()["epsilon"] if self.dp_sgd is not None else self.ledger.total
 
     async def evaluate(self, params: np.ndarray) -> tuple[float, float]:
         assert self.model is not None and self.data is not None
@@ -402,8 +425,8 @@ class Peer(PeerBase):
         start = self.algorithm.apply_download(
             self.local if self.local is not None else np.zeros(self.model.num_params, np.float32),
             params_msg.vector)
-        end, loss = await self._local_work(start, round_)
         try:
+            end, loss = await self._local_work(start, round_)
             update = self.algorithm.make_update(start, end, self.rng, ledger=self.ledger, label=round_)
         except BudgetExhausted as exc:
             log.warning("peer %s stops uploading: %s", self.name, exc)
@@ -424,7 +447,7 @@ class Peer(PeerBase):
         # People read rounds from 1 in both modes (docs/protocol.md §12.4); the wire's round_ counts
         # the rounds completed before this one.
         metrics = {"round": round_ + 1, "train_loss": loss, "accepted": ack.accepted, "ack_reason": int(ack.reason),
-                   "epsilon": self.ledger.total, "seconds": round(time.perf_counter() - started, 3),
+                   "epsilon": self.epsilon_spent, "seconds": round(time.perf_counter() - started, 3),
                    "rounds": self.run_info.rounds if self.run_info else 0,
                    "bytes_sent": self.stream.bytes_sent, "bytes_received": self.stream.bytes_received}
         await self.stream.send(PeerReport(round=round_, metrics=metrics))

@@ -56,6 +56,10 @@ METRIC_COLUMNS = (
     "wall_time_s", "bytes_total", "bytes_per_peer_per_round", "epsilon_composed",
 )  # fmt: skip
 SUMMARY_COLUMNS = ("setting", "label", *PARAM_COLUMNS, *METRIC_COLUMNS)
+# membership-inference audit (ringfl.audit), appended to summary.csv when an experiment has `audit:`
+AUDIT_FILE = "audit.json"
+AUDIT_COLUMNS = ("audit_lira_auc", "audit_lira_tpr_0_1pct", "audit_lira_tpr_1pct", "audit_loss_auc",
+                 "audit_loss_tpr_1pct")
 
 LABEL_FIELDS = ("theta_u", "theta_d", "gamma", "epsilon", "partition")
 _SYMBOLS = {"theta_u": "θu", "theta_d": "θd", "gamma": "γ", "epsilon": "ε"}
@@ -140,6 +144,7 @@ class SettingResult:
     peers: list[PeerRecord]
     wall_time: float
     num_peers: int  # peers that actually trained (centralized: 1)
+    audit: dict[str, Any] | None = None  # membership-inference report of the final model (ringfl.audit)
 
     @property
     def final(self) -> RoundRecord | None:
@@ -174,6 +179,8 @@ class SettingResult:
                 ),
                 epsilon_composed=final.epsilon,
             )
+        if self.audit:
+            row.update({name: self.audit.get(name.removeprefix("audit_")) for name in AUDIT_COLUMNS})
         return row
 
 
@@ -205,6 +212,8 @@ def write_result(out_dir: str | Path, result: SettingResult) -> Path:
     _write_meta(folder, result, complete=False)
     write_jsonl(folder / ROUNDS_FILE, result.rounds)
     write_jsonl(folder / PEERS_FILE, result.peers)
+    if result.audit is not None:
+        atomic_write_bytes(folder / AUDIT_FILE, (json.dumps(result.audit, indent=2, sort_keys=True) + "\n").encode())
     _write_meta(folder, result, complete=True)
     return folder
 
@@ -231,6 +240,7 @@ def read_results(out_dir: str | Path) -> list[SettingResult]:
                 peers=[_from_dict(PeerRecord, d) for d in read_jsonl(folder / PEERS_FILE)],
                 wall_time=float(meta["wall_time"]),
                 num_peers=int(meta["num_peers"]),
+                audit=json.loads((folder / AUDIT_FILE).read_text()) if (folder / AUDIT_FILE).is_file() else None,
             )
         )
     return ordered(results)
@@ -442,8 +452,10 @@ def summary_rows(results: Iterable[SettingResult]) -> list[dict[str, Any]]:
 
 
 def write_summary_csv(results: Iterable[SettingResult], path: str | Path) -> Path:
+    results = list(results)
+    columns = SUMMARY_COLUMNS + (AUDIT_COLUMNS if any(r.audit for r in results) else ())
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(summary_rows(results))
     atomic_write_bytes(Path(path), buffer.getvalue().encode())
@@ -604,6 +616,29 @@ def plot_peer_spread(results: Sequence[SettingResult], path: str | Path, title: 
     return _save(fig, ax, results, path, _title(title, "final accuracy per peer"), legend=False)
 
 
+def plot_privacy_audit(results: Sequence[SettingResult], path: str | Path, title: str = "") -> Path:
+    """Accuracy against ε, and the audit's LiRA TPR at 1 % FPR beside it: what the guarantee costs
+    and how much leakage it leaves; runs without DP sit at the right edge (ε = ∞)."""
+    audited = [r for r in results if r.audit and r.final is not None]
+    fig, ax = _figure(len(audited))
+    leak = ax.twinx()
+    finite = [r.final.epsilon for r in audited if r.final.epsilon is not None]
+    edge = 2.0 * max(finite) if finite else 1.0
+    for result, style in zip(audited, _styles(audited)):
+        eps = result.final.epsilon if result.final.epsilon is not None else edge
+        ax.scatter([eps], [result.final.accuracy], marker="o", color=style.get("color"), label=style.get("label"))
+        leak.scatter([eps], [result.audit["lira_tpr_1pct"]], marker="s", facecolors="none",
+                     edgecolors=style.get("color"))
+    leak.axhline(0.01, color="0.6", ls=":", lw=1)  # a blind guess: TPR = FPR
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ε per peer (no DP plotted at {edge:.3g})")
+    ax.set_ylabel("final test accuracy (●)")
+    leak.set_ylabel("LiRA TPR at 1 % FPR (□; dotted: blind guess)")
+    if audited:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.15, 1.0), fontsize=8, frameon=False)
+    return _save(fig, ax, audited, path, _title(title, "accuracy and audited leakage vs ε"), legend=False)
+
+
 PLOTS: dict[str, Callable[[Sequence[SettingResult], str | Path, str], Path]] = {
     "accuracy_vs_round": plot_accuracy_vs_round,
     "accuracy_vs_bytes": plot_accuracy_vs_bytes,
@@ -685,6 +720,8 @@ def write_all(
     plots = {
         name: plot(results, out / PLOTS_DIR / f"{name}.png", title) for name, plot in PLOTS.items()
     }
+    if any(r.audit for r in results):
+        plots["privacy_audit"] = plot_privacy_audit(results, out / PLOTS_DIR / "privacy_audit.png", title)
     written = {
         "summary.csv": write_summary_csv(results, out / "summary.csv"),
         "report.md": write_report_md(

@@ -541,8 +541,8 @@ class RingPeer(PeerBase):
             if algorithm is None or self.links.changed:
                 algorithm = self.algorithm = self._new_algorithm(algorithm, params)
             before = params
-            after, loss = await self.train(before, round_ + 1)
             try:
+                after, loss = await self.train(before, round_ + 1)
                 messages = algorithm.outgoing(before, after, round_ + 1, rng, ledger=self.ledger)
             except BudgetExhausted as exc:
                 log.warning("peer %s stops: %s", self.name, exc)
@@ -710,7 +710,7 @@ class RingPeer(PeerBase):
         loss_test, accuracy = await self.evaluate(params)
         sent, received = self.neighbour_bytes()
         metrics = {"round": round_, "accuracy": accuracy, "loss": loss_test, "train_loss": loss,
-                   "epsilon": self.ledger.total, "bytes_sent": sent, "bytes_received": received,
+                   "epsilon": self.epsilon_spent, "bytes_sent": sent, "bytes_received": received,
                    "bytes_sent_round": sent - sent_before, "rounds": self.total_rounds,
                    "bytes_by_neighbour": self.bytes_by_neighbour(),
                    "seconds": round(time.perf_counter() - started, 3)}

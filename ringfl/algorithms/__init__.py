@@ -20,6 +20,7 @@ from ringfl.algorithms.base import (
     selection_count,
 )
 from ringfl.algorithms.choco import ChocoGossip
+from ringfl.algorithms.dp_fedavg import DPFedAvgCoordinator, DPFedAvgPeer
 from ringfl.algorithms.dssgd import DSSGDCoordinator, DSSGDPeer
 from ringfl.algorithms.fedavg import FedAvgCoordinator, FedAvgPeer, FedSGDCoordinator, FedSGDPeer
 from ringfl.algorithms.gossip import (
@@ -32,10 +33,10 @@ from ringfl.algorithms.gossip import (
 from ringfl.errors import ConfigError
 
 COORDINATOR_ALGORITHMS: dict[str, type[CoordinatorAlgorithm]] = {
-    cls.name: cls for cls in (FedSGDCoordinator, FedAvgCoordinator, DSSGDCoordinator)
+    cls.name: cls for cls in (FedSGDCoordinator, FedAvgCoordinator, DSSGDCoordinator, DPFedAvgCoordinator)
 }
 PEER_ALGORITHMS: dict[str, type[PeerAlgorithm]] = {
-    cls.name: cls for cls in (FedSGDPeer, FedAvgPeer, DSSGDPeer)
+    cls.name: cls for cls in (FedSGDPeer, FedAvgPeer, DSSGDPeer, DPFedAvgPeer)
 }
 GOSSIP_ALGORITHMS: dict[str, type[GossipAlgorithm]] = {
     cls.name: cls for cls in (SelectiveGossip, RelayGossip, ChocoGossip)

@@ -101,8 +101,16 @@ _RULES: dict[str, _Rule] = {
     "byzantine_f": (_integer, lambda v: v >= 0, ">= 0"),
     "multi_krum_m": (_integer, lambda v: v >= 1, ">= 1, or null for n - f"),
     "clip_norm": (_number, lambda v: 0 < v < math.inf, "a positive number, or null for none"),
+    "user_clip": (_number, lambda v: 0 < v < math.inf, "a positive number"),
+    "user_noise": (_number, lambda v: 0 <= v < math.inf, ">= 0"),
+    "user_target_epsilon": (_number, lambda v: 0 < v < math.inf, "a positive number, or null"),
+    "user_peers": (_integer, lambda v: v >= 1, ">= 1, or null for the round's uploads"),
+    "user_rounds": (_integer, lambda v: v >= 1, ">= 1"),
+    "clip_quantile": (_number, lambda v: 0 < v < 1, "in (0, 1), or null for fixed clipping"),
+    "clip_lr": (_number, lambda v: 0 < v < math.inf, "a positive number"),
 }
-_OPTIONAL = {"gamma", "epsilon", "budget", "sample_cap", "multi_krum_m", "clip_norm"}
+_OPTIONAL = {"gamma", "epsilon", "budget", "sample_cap", "multi_krum_m", "clip_norm", "user_target_epsilon",
+             "user_peers", "clip_quantile"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,11 @@ class AlgorithmSettings:
       sample_cap: cap on client-reported sample counts; None = the round's median count.
       server_lr: FedAvg ``w += lr · mean Δ``; FedSGD ``w -= lr · mean gradient``.
       robust, trim, byzantine_f, multi_krum_m, clip_norm: see :mod:`ringfl.algorithms.robust`.
+    DP-FedAvg server (user-level DP, :mod:`ringfl.algorithms.dp_fedavg`):
+      user_clip: S, every peer's update is clipped to L2 norm S (the initial S when adaptive).
+      user_noise: z, Gaussian noise z·S on the sum; or user_target_epsilon with user_rounds.
+      user_peers: the fixed denominator of the mean (None: the round's upload count, made public).
+      clip_quantile, clip_lr: adaptive clipping (Andrew et al. 2021) to this quantile of the norms.
     Ring / topology mode:
       hops: how far the relay strategy forwards a selection (1 = neighbours only).
       gossip_mix: "add" (the reference: own step + Σ w_ij Δ̂_j) or "difference"
@@ -156,6 +169,13 @@ class AlgorithmSettings:
     byzantine_f: int = 1
     multi_krum_m: int | None = None
     clip_norm: float | None = None
+    user_clip: float = 1.0
+    user_noise: float = 1.0
+    user_target_epsilon: float | None = None
+    user_peers: int | None = None
+    user_rounds: int = 1
+    clip_quantile: float | None = None
+    clip_lr: float = 0.2
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -281,6 +301,10 @@ class CoordinatorAlgorithm(ABC):
     def state(self) -> dict[str, np.ndarray]:
         """Arrays for an atomic checkpoint (taken between rounds: buffered uploads are not kept)."""
         return {"params": self._params.copy(), "round": np.array(self.round, dtype=np.int64)}
+
+    def privacy_report(self) -> dict[str, Any]:
+        """Server-side DP figures for the round record and summary (DP-FedAvg); none by default."""
+        return {}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
         params = np.asarray(state["params"], dtype=np.float32)

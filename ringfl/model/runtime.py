@@ -83,6 +83,9 @@ class Model:
     async def train(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, **kw: Any) -> Any:
         return await self.thread.run(self._gluon.train, params, x, y, **kw)
 
+    async def train_dp(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, **kw: Any) -> Any:
+        return await self.thread.run(self._gluon.train_dp, params, x, y, **kw)
+
     async def gradient(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return await self.thread.run(self._gluon.gradient, params, x, y)
 
@@ -91,6 +94,12 @@ class Model:
 
     def train_sync(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, **kw: Any) -> Any:
         return self.thread.call(self._gluon.train, params, x, y, **kw)
+
+    def logits_sync(self, params: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self.thread.call(self._gluon.logits, params, x)
+
+    def train_dp_sync(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, **kw: Any) -> Any:
+        return self.thread.call(self._gluon.train_dp, params, x, y, **kw)
 
     def evaluate_sync(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         return self.thread.call(self._gluon.evaluate, params, x, y)

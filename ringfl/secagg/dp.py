@@ -28,15 +28,8 @@ def clip_and_noise(update: np.ndarray, clip_norm: float | None, noise_multiplier
 
 
 def epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
-    """ε after ``rounds`` Gaussian releases of noise multiplier σ (RDP accounting, every peer in
-    every round: sampling probability 1). One small function so the run's shared accountant can
-    replace it."""
-    if noise_multiplier <= 0:
-        return float("inf")
-    if rounds <= 0:
-        return 0.0
-    from dp_accounting import dp_event, rdp
+    """ε after ``rounds`` Gaussian releases of noise multiplier σ: the run's shared RDP accountant
+    (ringfl.privacy.accountant) with every peer in every round (sampling probability 1)."""
+    from ringfl.privacy.accountant import epsilon_of
 
-    accountant = rdp.RdpAccountant()
-    accountant.compose(dp_event.GaussianDpEvent(noise_multiplier), rounds)
-    return float(accountant.get_epsilon(delta))
+    return epsilon_of([(noise_multiplier, 1.0, rounds)], delta)
