@@ -242,9 +242,8 @@ class LocalCluster:
 
     def __enter__(self) -> LocalCluster:
         try:
-            self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
-                         "--ray-client-server-port", str(_free_port())])
-            _wait_for_port(self.port, 60)
+            self._start(["--head", "--port", str(self.port), "--include-dashboard=false", *_client_server_args()])
+            self._wait_for_head(60)
             for _ in range(self.nodes - 1):
                 self._start(["--address", self.address])
             self.wait_for_nodes(self.nodes, 90)
@@ -261,8 +260,25 @@ class LocalCluster:
         command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--block", *args,
                    "--num-cpus", str(self.cpus), "--object-store-memory", str(self.store),
                    "--temp-dir", self.temp, "--disable-usage-stats"]
-        self.processes.append(subprocess.Popen(command, env=self.env, start_new_session=True,
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with open(self._log(len(self.processes)), "ab") as log:  # why a node failed to start
+            self.processes.append(subprocess.Popen(command, env=self.env, start_new_session=True,
+                                                   stdout=log, stderr=subprocess.STDOUT))
+
+    def _log(self, index: int) -> Path:
+        return Path(self.temp) / f"ray-start-{index}.log"
+
+    def _wait_for_head(self, timeout: float) -> None:
+        """Until the head's GCS port answers; if ``ray start`` exits or the time runs out, an error
+        carrying the end of its output."""
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.port):
+            head = self.processes[0]
+            if head.poll() is not None or time.monotonic() > deadline:
+                tail = self._log(0).read_text(errors="replace").strip().splitlines()[-5:]
+                why = f"ray start exited with {head.returncode}" if head.returncode is not None else \
+                    f"no answer within {timeout:.0f} s"
+                raise RuntimeError(f"the Ray head did not listen on port {self.port} ({why}): " + " | ".join(tail))
+            time.sleep(0.2)
 
     def alive_nodes(self) -> int:
         """Nodes the cluster's GCS counts alive (asked in a child process: no driver here)."""
@@ -331,16 +347,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Ray head did not listen on port {port} within {timeout:.0f} s") from None
-            time.sleep(0.2)
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _client_server_args() -> list[str]:
+    """A free port for the Ray Client server when ``ray[client]`` (grpc) is installed, so two local
+    clusters never race for its default port; minimal Ray refuses the flag and starts no such server."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        return []
+    return ["--ray-client-server-port", str(_free_port())]
 
 
 __all__ = ["RAY_KEYS", "LocalCluster", "RayBackend", "from_record", "to_record"]
