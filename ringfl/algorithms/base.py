@@ -29,6 +29,7 @@ SELECTIONS = ("topk", "random-threshold")
 ROBUST_RULES = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
 GOSSIP_MIXES = ("add", "difference")
 ASYNC_SCALES = ("sum", "peers")
+COMPRESSIONS = ("topk", "randomk")
 
 
 class InvalidUpdate(ValueError):
@@ -101,8 +102,10 @@ _RULES: dict[str, _Rule] = {
     "byzantine_f": (_integer, lambda v: v >= 0, ">= 0"),
     "multi_krum_m": (_integer, lambda v: v >= 1, ">= 1, or null for n - f"),
     "clip_norm": (_number, lambda v: 0 < v < math.inf, "a positive number, or null for none"),
+    "exchange_every": (_integer, lambda v: v >= 1, ">= 1 mini-batches, or null for once per round"),
+    "compression": (_choice(COMPRESSIONS), None, ""),
 }
-_OPTIONAL = {"gamma", "epsilon", "budget", "sample_cap", "multi_krum_m", "clip_norm"}
+_OPTIONAL = {"gamma", "epsilon", "budget", "sample_cap", "multi_krum_m", "clip_norm", "exchange_every"}
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,10 @@ class AlgorithmSettings:
       gossip_mix: "add" (the reference: own step + Σ w_ij Δ̂_j) or "difference"
         (own step + Σ w_ij (Δ̂_j − Δ̂_i), which preserves the network average).
       choco_gamma, choco_steps: CHOCO consensus step size and exchanges per round.
+      compression: CHOCO's compressor, "topk" (largest |x − x̂|) or "randomk" (θu of the
+        coordinates drawn uniformly: unbiased up to scale, no data-dependent selection).
+      exchange_every: exchange with the neighbours every k mini-batches (a round's local training
+        is cut into slices, each followed by one exchange); None = once per round.
     """
 
     theta_u: float = 0.1
@@ -156,6 +163,8 @@ class AlgorithmSettings:
     byzantine_f: int = 1
     multi_krum_m: int | None = None
     clip_norm: float | None = None
+    exchange_every: int | None = None
+    compression: str = "topk"
 
     def __post_init__(self) -> None:
         for f in fields(self):
