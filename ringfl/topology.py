@@ -384,6 +384,8 @@ def _structure(
     if "generator" in data and "edges" in data:
         raise _Invalid("give either 'generator' or 'edges', not both")
     if "generator" not in data and "edges" not in data:
+        if "schedule" in data:  # the links are the union of the phases'
+            return _graph(len(index), True, ()), None
         raise _Invalid("missing both 'generator' and 'edges'; give exactly one")
     if "edges" in data:
         edges = _parse_edges(data["edges"], index, directed, scheme)
