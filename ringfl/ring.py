@@ -565,6 +565,14 @@ class RingPeer(PeerBase):
                     return
                 sent_exchanges.append(self.neighbour_bytes()[0] - sent)
                 self.params = params
+            if round_ + 1 == (self.total_rounds or run.rounds):
+                for c in range(run.settings.final_consensus):  # no training: mixing only
+                    sent = self.neighbour_bytes()[0]
+                    params = await self._exchange(params, params, (round_ + 1) * len(slices) + c, True, rng)
+                    if params is None:
+                        return
+                    sent_exchanges.append(self.neighbour_bytes()[0] - sent)
+                    self.params = params
             loss = sum(value * n for value, n in losses) / max(sum(n for _, n in losses), 1)
             await self._report(round_ + 1, params, loss, started, sent_before, sent_exchanges)
 

@@ -45,6 +45,11 @@ TARGETS: dict[str, tuple[str, str, dict[str, Any], dict[str, float]]] = {
     "exp1-dpsgd-every5": ("one-peer-exponential", "d-psgd", {"exchange_every": 5},
                           {"mean": 0.76, "bytes": 1.1e6}),
     "exp1-dpsgd-every15": ("one-peer-exponential", "d-psgd", {"exchange_every": 15}, {}),
+    # log2(32) = 5 exchanges without training after the last epoch: every peer ends on the average
+    "exp1-dpsgd-every5-final": ("one-peer-exponential", "d-psgd", {"exchange_every": 5, "final_consensus": 5},
+                                {"mean": 0.76, "bytes": 1.1e6}),
+    "exp1-dpsgd-epoch-final": ("one-peer-exponential", "d-psgd", {"final_consensus": 5},
+                               {"mean": 0.76, "bytes": 1.1e6}),
     "ring-dpsgd-epoch": ("ring", "d-psgd", {}, {"mean": 0.74, "average": 0.76}),
     "ring-choco-top10-every5": ("ring", "choco", {"theta_u": 0.1, "choco_gamma": 0.8, "choco_steps": 1,
                                                   "exchange_every": 5}, {"mean": 0.73, "bytes": 1.1e6}),

@@ -225,6 +225,18 @@ async def test_exchange_every_k_batches_on_a_one_peer_exponential_graph_in_memor
         assert set(last["bytes_by_neighbour"]) == {str((i + h) % 8) for h in (1, 2, 4, -1, -2, -4)}
 
 
+async def test_final_consensus_on_a_one_peer_exponential_graph_leaves_every_peer_on_the_average():
+    top = generate("one-peer-exponential", 8)
+    bootstrap, peers = await _run(top, "d-psgd", {"exchange_every": 4, "final_consensus": 3}, rounds=2)
+    models = np.stack([p.params for p in peers])
+    assert np.allclose(models, models.mean(axis=0), atol=1e-5)
+    assert len({round(p.history[-1]["accuracy"], 6) for p in peers}) == 1
+    assert [p.history[-1]["exchanges"] for p in peers] == [3 + 3] * 8
+    assert all(p.history[0]["exchanges"] == 3 for p in peers)  # only after the last round
+    without, others = await _run(top, "d-psgd", {"exchange_every": 4}, rounds=2)
+    assert not np.allclose(np.stack([p.params for p in others]), models.mean(axis=0), atol=1e-5)
+
+
 @pytest.mark.parametrize("algorithm", ["d-psgd", "gossip-dssgd", "relay", "choco"])
 async def test_exchange_every_works_for_every_ring_algorithm(algorithm):
     once, _ = await _run(generate("ring", 6), algorithm, {"theta_u": 0.1, "choco_steps": 1})

@@ -104,6 +104,7 @@ _RULES: dict[str, _Rule] = {
     "clip_norm": (_number, lambda v: 0 < v < math.inf, "a positive number, or null for none"),
     "exchange_every": (_integer, lambda v: v >= 1, ">= 1 mini-batches, or null for once per round"),
     "compression": (_choice(COMPRESSIONS), None, ""),
+    "final_consensus": (_integer, lambda v: v >= 0, ">= 0"),
 }
 _OPTIONAL = {"gamma", "epsilon", "budget", "sample_cap", "multi_krum_m", "clip_norm", "exchange_every"}
 
@@ -140,6 +141,8 @@ class AlgorithmSettings:
         coordinates drawn uniformly: unbiased up to scale, no data-dependent selection).
       exchange_every: exchange with the neighbours every k mini-batches (a round's local training
         is cut into slices, each followed by one exchange); None = once per round.
+      final_consensus: exchanges without training after the last round's, so the peers end
+        closer to their average (D-PSGD on a one-peer exponential graph: log2 n make it exact).
     """
 
     theta_u: float = 0.1
@@ -165,6 +168,7 @@ class AlgorithmSettings:
     clip_norm: float | None = None
     exchange_every: int | None = None
     compression: str = "topk"
+    final_consensus: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
