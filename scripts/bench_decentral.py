@@ -10,6 +10,9 @@ exchange). Targets (numpy reference in brackets, /work/shared/reference/calibrat
 * ring D-PSGD once per epoch: mean >= 0.74, average >= 0.76  [0.748 / 0.769]
 * ring CHOCO top-10 %, every 5 batches: mean >= 0.73, <= 1.1 MB  [0.741]
 
+Beside them: variants with ``final_consensus`` (log2 n exchanges without training after the last
+epoch), gossip-dssgd, and gradient tracking (for the non-IID grid, ``--partition dirichlet``).
+
 ``--overhead``: 100 in-process peers exchanging every batch against the same training (the same
 slices of the same shards, evaluated once) without any exchange: the ratio of round times.
 
@@ -54,6 +57,8 @@ TARGETS: dict[str, tuple[str, str, dict[str, Any], dict[str, float]]] = {
     "ring-choco-top10-every5": ("ring", "choco", {"theta_u": 0.1, "choco_gamma": 0.8, "choco_steps": 1,
                                                   "exchange_every": 5}, {"mean": 0.73, "bytes": 1.1e6}),
     "ring-gossip-dssgd-epoch": ("ring", "gossip-dssgd", {"theta_u": 0.1}, {}),
+    "ring-gt-epoch": ("ring", "gradient-tracking", {}, {}),
+    "exp1-gt-every5": ("one-peer-exponential", "gradient-tracking", {"exchange_every": 5}, {}),
 }
 
 

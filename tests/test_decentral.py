@@ -237,7 +237,7 @@ async def test_final_consensus_on_a_one_peer_exponential_graph_leaves_every_peer
     assert not np.allclose(np.stack([p.params for p in others]), models.mean(axis=0), atol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["d-psgd", "gossip-dssgd", "relay", "choco"])
+@pytest.mark.parametrize("algorithm", ["d-psgd", "gossip-dssgd", "relay", "choco", "gradient-tracking"])
 async def test_exchange_every_works_for_every_ring_algorithm(algorithm):
     once, _ = await _run(generate("ring", 6), algorithm, {"theta_u": 0.1, "choco_steps": 1})
     often, peers = await _run(generate("ring", 6), algorithm, {"theta_u": 0.1, "choco_steps": 1,
@@ -260,3 +260,23 @@ async def test_exchange_every_over_tcp_and_asynchronously():
                                      order="async")
     assert [r["round"] for r in asynchronous.history] == [1, 2]
     assert peers[0].history[-1]["exchanges"] == 5 and asynchronous.history[-1]["accuracy"] > 0.5
+
+
+def test_gradient_tracking_moves_every_peer_along_the_average_descent():
+    """Heterogeneous constant descents c_i (each peer's data pulls elsewhere): D-PSGD's peers stay
+    apart for good; gradient tracking's agree and all move by mean(c) per exchange, as FedAvg."""
+    top = generate("ring", 6)
+    rng = np.random.default_rng(2)
+    pulls = rng.normal(size=(6, 4)).astype(np.float32)
+    outs = {i: top.out_neighbours(i) for i in range(6)}
+    spread = {}
+    for name in ("d-psgd", "gradient-tracking"):
+        algs = {i: make_gossip_algorithm(name, i, 4, AlgorithmSettings(), top.neighbour_weights(i))
+                for i in range(6)}
+        x = {i: np.zeros(4, np.float32) for i in range(6)}
+        for t in range(60):
+            x = simulate_round(algs, outs, x, {i: x[i] - pulls[i] for i in range(6)}, t + 1, rng)
+        models = np.stack([x[i] for i in range(6)])
+        spread[name] = float(np.abs(models - models.mean(axis=0)).max())
+        assert np.allclose(models.mean(axis=0), -60 * pulls.mean(axis=0), atol=1e-3)  # W doubly stochastic
+    assert spread["gradient-tracking"] < 1e-3 < 0.5 < spread["d-psgd"]

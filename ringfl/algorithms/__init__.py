@@ -2,7 +2,7 @@
 
 Coordinator mode: ``fedsgd``, ``fedavg``, ``dssgd`` (a :class:`CoordinatorAlgorithm` on the server,
 a :class:`PeerAlgorithm` on each peer). Ring / topology mode: ``gossip-dssgd``, ``relay``, ``choco``,
-``d-psgd`` (one :class:`GossipAlgorithm` per peer). See docs/algorithms.md.
+``d-psgd``, ``gradient-tracking`` (one :class:`GossipAlgorithm` per peer). See docs/algorithms.md.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ringfl.algorithms.gossip import (
     SelectiveGossip,
     simulate_round,
 )
+from ringfl.algorithms.gradient_tracking import GradientTracking
 from ringfl.errors import ConfigError
 
 COORDINATOR_ALGORITHMS: dict[str, type[CoordinatorAlgorithm]] = {
@@ -39,7 +40,7 @@ PEER_ALGORITHMS: dict[str, type[PeerAlgorithm]] = {
     cls.name: cls for cls in (FedSGDPeer, FedAvgPeer, DSSGDPeer)
 }
 GOSSIP_ALGORITHMS: dict[str, type[GossipAlgorithm]] = {
-    cls.name: cls for cls in (SelectiveGossip, RelayGossip, ChocoGossip, DPSGD)
+    cls.name: cls for cls in (SelectiveGossip, RelayGossip, ChocoGossip, DPSGD, GradientTracking)
 }
 _DP_CAPABLE = {"dssgd", "gossip-dssgd", "relay"}
 _ROBUST_CAPABLE = {"fedavg", "fedsgd", "gossip-dssgd", "relay"}
@@ -119,6 +120,7 @@ __all__ = [
     "FedSGDPeer",
     "GossipAlgorithm",
     "GossipMessage",
+    "GradientTracking",
     "InvalidUpdate",
     "PeerAlgorithm",
     "RelayGossip",
