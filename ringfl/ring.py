@@ -885,7 +885,7 @@ def _to_upload(message: GossipMessage, origin: str, round_: int, step: int) -> U
 def _from_upload(upload: Upload, node_of: dict[str, int]) -> GossipMessage:
     vector = upload.vector
     if not isinstance(vector, SparseVector):
-        vector = SparseVector(int(vector.size), np.arange(vector.size, dtype=np.uint32), vector)
+        vector = SparseVector.dense(vector)
     info = upload.info
     return GossipMessage(origin=node_of[str(info["origin"])], round=upload.round, vector=vector,
                          step=int(info.get("step", 0)), hop=int(info.get("hop", 1)),

@@ -326,7 +326,7 @@ def _from_mapping(data: Any) -> Topology:
     bootstrap = data.get("bootstrap")
     phases = _phases(data, graph, generator, index, scheme)
     if phases:  # the links of every phase: addresses and the static fallback come from the union
-        graph = _graph(len(labels), True, {e for p in phases for e in p.edges})
+        graph = _graph(len(labels), directed, {e for p in phases for e in p.edges})
     top = _assemble(
         name=name,
         graph=graph,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage, _as_sparse
+from ringfl.vectors import SparseVector
 
 if TYPE_CHECKING:
     from ringfl.privacy.ledger import PrivacyLedger
@@ -32,7 +33,7 @@ class DPSGD(GossipAlgorithm):
     name: ClassVar[str] = "d-psgd"
 
     _x: np.ndarray | None = None
-    _received: dict[int, np.ndarray] | None = None
+    _received: dict[int, SparseVector] | None = None
 
     def outgoing(
         self,
@@ -45,7 +46,7 @@ class DPSGD(GossipAlgorithm):
     ) -> list[GossipMessage]:
         """Adopt the local result and send it whole (dense: every coordinate, 4 B each)."""
         self.round = int(round)
-        self._x = np.array(after, dtype=np.float32, copy=True)
+        self._x = np.asarray(after, dtype=np.float32)  # the caller's fresh training result: no copy
         self._received = {}
         return [GossipMessage(self.peer_id, self.round, _as_sparse(self._x))]
 
@@ -56,7 +57,7 @@ class DPSGD(GossipAlgorithm):
         if message.origin != sender:
             return []
         self._check(sender, message)
-        self._received[sender] = message.vector.to_dense()
+        self._received[sender] = message.vector  # dense: every coordinate, added in mix()
         return []
 
     def mix(self) -> np.ndarray:
@@ -65,7 +66,7 @@ class DPSGD(GossipAlgorithm):
         norm = self._normaliser(set(self._received))
         out = self._x * np.float32(self.self_weight / norm)
         for j, x_j in self._received.items():
-            out += np.float32(self.weights[j] / norm) * x_j
+            x_j.add_to(out, self.weights[j] / norm)
         self._received = None  # closed: late copies of this exchange are ignored
-        self._x = out
-        return out.copy()
+        self._x = None  # the next outgoing() brings the next model; ``out`` is the caller's now
+        return out
