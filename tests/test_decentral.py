@@ -280,3 +280,14 @@ def test_gradient_tracking_moves_every_peer_along_the_average_descent():
         spread[name] = float(np.abs(models - models.mean(axis=0)).max())
         assert np.allclose(models.mean(axis=0), -60 * pulls.mean(axis=0), atol=1e-3)  # W doubly stochastic
     assert spread["gradient-tracking"] < 1e-3 < 0.5 < spread["d-psgd"]
+
+
+def test_topology_show_reports_the_schedules_mixing(tmp_path, capsys):
+    from ringfl.cli import main
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("nodes: 16\ngenerator: {kind: one-peer-exponential}\n")
+    assert main(["topology", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "schedule: 4 phases, one per exchange, cyclic; at most 1 message(s) per peer per exchange" in out
+    assert "one period: spectral gap 1.0000, max |W - 11'/n| 0.00e+00" in out
