@@ -61,6 +61,8 @@ TARGETS: dict[str, tuple[str, str, dict[str, Any], dict[str, float]]] = {
     "ring-gossip-dssgd-epoch": ("ring", "gossip-dssgd", {"theta_u": 0.1}, {}),
     "ring-gt-epoch": ("ring", "gradient-tracking", {}, {}),
     "exp1-gt-every5": ("one-peer-exponential", "gradient-tracking", {"exchange_every": 5}, {}),
+    "exp1-gt-every5-final": ("one-peer-exponential", "gradient-tracking", {"exchange_every": 5, "final_consensus": 5},
+                             {}),
 }
 
 
