@@ -559,20 +559,15 @@ class RingPeer(PeerBase):
                 before = params
                 after, loss, seen = await self._train_slice(before, round_ + 1, start, steps, len(slices) > 1)
                 losses.append((loss, seen))
-                sent = self.neighbour_bytes()[0]
-                params = await self._exchange(before, after, exchange, len(slices) > 1, rng)
+                params = await self._counted_exchange(before, after, exchange, len(slices) > 1, rng, sent_exchanges)
                 if params is None:
                     return
-                sent_exchanges.append(self.neighbour_bytes()[0] - sent)
-                self.params = params
             if round_ + 1 == (self.total_rounds or run.rounds):
                 for c in range(run.settings.final_consensus):  # no training: mixing only
-                    sent = self.neighbour_bytes()[0]
-                    params = await self._exchange(params, params, (round_ + 1) * len(slices) + c, True, rng)
+                    exchange = (round_ + 1) * len(slices) + c
+                    params = await self._counted_exchange(params, params, exchange, True, rng, sent_exchanges)
                     if params is None:
                         return
-                    sent_exchanges.append(self.neighbour_bytes()[0] - sent)
-                    self.params = params
             loss = sum(value * n for value, n in losses) / max(sum(n for _, n in losses), 1)
             await self._report(round_ + 1, params, loss, started, sent_before, sent_exchanges)
 
@@ -613,6 +608,16 @@ class RingPeer(PeerBase):
             momentum=t.momentum, weight_decay=t.weight_decay,
             seed=hash((self.run_info.seed, self.run_info.index, round_)) % (2**31))  # as PeerBase.train
         return result.params, result.loss, result.samples
+
+    async def _counted_exchange(self, before: np.ndarray, after: np.ndarray, exchange: int, sliced: bool,
+                                rng: np.random.Generator, sent: list[int]) -> np.ndarray | None:
+        """:meth:`_exchange`, appending the bytes this peer sent meanwhile to ``sent``."""
+        start = self.neighbour_bytes()[0]
+        params = await self._exchange(before, after, exchange, sliced, rng)
+        sent.append(self.neighbour_bytes()[0] - start)
+        if params is not None:
+            self.params = params
+        return params
 
     async def _exchange(self, before: np.ndarray, after: np.ndarray, exchange: int, sliced: bool,
                         rng: np.random.Generator) -> np.ndarray | None:
