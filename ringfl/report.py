@@ -618,7 +618,10 @@ def plot_accuracy_vs_peers(results: Sequence[SettingResult], path: str | Path, t
         params = {k: v for k, v in result.setting.params.items() if k != "peers"}
         groups.setdefault(_canonical(params), []).append(result)
     members = [g[0] for g in groups.values()]
-    for group, style in zip(groups.values(), _styles(members)):
+    names = _varying(members)
+    styles = [{**style, "label": _label({k: v for k, v in m.setting.params.items() if k != "peers"}, names)}
+              for m, style in zip(members, _styles(members))]  # one line spans every peer count
+    for group, style in zip(groups.values(), styles):
         finals = sorted(((r.setting.params.get("peers"), r.final, r.num_peers) for r in group
                          if r.final is not None and r.setting.params.get("peers") is not None),
                         key=lambda item: item[0])
