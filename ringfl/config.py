@@ -86,7 +86,7 @@ class RunConfig:
     seed: int = 0
     model: str = "digits-mlp"  # shipped spec name or a spec file
     data: str = "digits"  # the coordinator's held-out test data (and the demo peers' data)
-    algorithm: str = "fedavg"  # coordinator: fedsgd | fedavg | dssgd; ring: gossip-dssgd | relay | choco
+    algorithm: str = "fedavg"  # coordinator or ring mode: ringfl.algorithms registries
     order: str = "auto"  # auto (dssgd: round-robin, else sync) | sync | round-robin | random | async
     rounds: int = 5
     peers: int = 4  # expected participants; a round starts when they joined (or min_peers by join_timeout)
@@ -187,6 +187,9 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (0.0 <= config.byzantine.fraction < 1.0, "byzantine.fraction must be in [0, 1)"),
         (not config.tls.allow or config.tls.require_client_cert,
          "tls.allow needs tls.require_client_cert: true (only client certificates carry a name)"),
+        (not (config.training.privacy.enabled and config.algorithm_settings.get("exchange_every") is not None),
+         "algorithm_settings.exchange_every cannot be combined with training.privacy (DP-SGD accounts whole "
+         "rounds of local training); exchange once per round"),
     ]
     for ok, message in checks:
         if not ok:

@@ -11,7 +11,7 @@ Layout under an experiment's output folder::
     settings/<key>/rounds.jsonl   one RoundRecord per line
     settings/<key>/peers.jsonl    one PeerRecord per line
     summary.csv  report.md  plots/accuracy_vs_round.png  plots/accuracy_vs_bytes.png
-    plots/peer_spread.png
+    plots/peer_spread.png  plots/accuracy_vs_peers.png
 """
 
 from __future__ import annotations
@@ -639,10 +639,59 @@ def plot_privacy_audit(results: Sequence[SettingResult], path: str | Path, title
     return _save(fig, ax, audited, path, _title(title, "accuracy and audited leakage vs ε"), legend=False)
 
 
+def plot_accuracy_vs_peers(results: Sequence[SettingResult], path: str | Path, title: str = "") -> Path:
+    """Final accuracy (left) and bytes sent per peer per round (right, log) against the number of
+    peers: one line per setting that differs only in ``peers`` (does a scheme keep up as the graph
+    grows, and what does it cost?). Centralized runs have no peer count: a dashed line."""
+    fig, ax = _figure(len(results), width=13.0)
+    right = fig.add_subplot(1, 2, 2)
+    ax.set_position([0.06, 0.11, 0.36, 0.77])
+    right.set_position([0.5, 0.11, 0.36, 0.77])
+    right.grid(True, alpha=0.3)
+    groups: dict[str, list[SettingResult]] = {}
+    for result in results:
+        params = {k: v for k, v in result.setting.params.items() if k != "peers"}
+        groups.setdefault(_canonical(params), []).append(result)
+    members = [g[0] for g in groups.values()]
+    names = _varying(members)
+    styles = [{**style, "label": _label({k: v for k, v in m.setting.params.items() if k != "peers"}, names)}
+              for m, style in zip(members, _styles(members))]  # one line spans every peer count
+    for group, style in zip(groups.values(), styles):
+        finals = sorted(((r.setting.params.get("peers"), r.final, r.num_peers) for r in group
+                         if r.final is not None and r.setting.params.get("peers") is not None),
+                        key=lambda item: item[0])
+        if not finals:
+            if group[0].final is not None:
+                ax.axhline(group[0].final.accuracy, **style)
+            continue
+        peers = [p for p, _, _ in finals]
+        ax.plot(peers, [f.accuracy for _, f, _ in finals], marker="o", ms=4, **style)
+        sent = [(p, _per_peer_per_round(f.bytes_total, n, f.round)) for p, f, n in finals]
+        sent = [(p, b) for p, b in sent if b]
+        if sent:
+            right.plot(*zip(*sent), marker="o", ms=4, **{**style, "label": None})
+    for axis in (ax, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("peers")
+    if right.get_lines():
+        from matplotlib.ticker import FuncFormatter
+
+        right.set_yscale("log")
+        right.yaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
+    ax.set_ylabel("final test accuracy (mean over peers)")
+    right.set_ylabel("bytes sent per peer per round")
+    right.set_title("communication", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:  # beside the right panel: the left one's usual place is taken
+        right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _save(fig, ax, results, path, _title(title, "accuracy and bytes vs peers"), legend=False)
+
+
 PLOTS: dict[str, Callable[[Sequence[SettingResult], str | Path, str], Path]] = {
     "accuracy_vs_round": plot_accuracy_vs_round,
     "accuracy_vs_bytes": plot_accuracy_vs_bytes,
     "peer_spread": plot_peer_spread,
+    "accuracy_vs_peers": plot_accuracy_vs_peers,
 }
 
 

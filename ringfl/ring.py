@@ -76,6 +76,18 @@ def neighbour_list(topology: Topology, node: int, labels: list[str], addresses: 
     ]
 
 
+def schedule_info(topology: Topology, node: int, labels: list[str]) -> list[dict[str, Any]]:
+    """Node's part of a time-varying schedule, phase by phase: the labels it receives from (with
+    their weights) and the labels it sends to. [] for a static topology (and after re-linking
+    around a dead peer, which falls back to the static union of the phases)."""
+    phases = []
+    for w in topology.schedule:
+        ins = {labels[j]: float(w[node, j]) for j in np.flatnonzero(w[node]) if j != node}
+        outs = [labels[j] for j in np.flatnonzero(w[:, node]) if j != node]
+        phases.append({"in": ins, "out": outs})
+    return phases
+
+
 def origins_within(topology: Topology, node: int, hops: int) -> list[int]:
     """Nodes whose updates reach ``node`` within ``hops`` hops (relay waits for all of them)."""
     frontier, seen = {node}, {node}
@@ -198,7 +210,8 @@ class Bootstrap(SessionServer):
                                  info={"expected_origins": expected, "nodes": node_index,
                                        "forward": _forward_labels(live, pos, self.hops, labels),
                                        "from_round": self._switch_round(),
-                                       "dead": sorted(self.labels[i] for i in self.dead)})
+                                       "dead": sorted(self.labels[i] for i in self.dead),
+                                       "schedule": schedule_info(live, pos, labels)})
             await self.send_quietly(session, message)
 
     def rounds_done(self) -> int:
@@ -348,6 +361,11 @@ class Links:
     expected: set[int] = field(default_factory=set)  # origins to wait for each exchange
     forward: dict[int, set[int]] | None = None  # relay: origin -> out-neighbours to pass it to
     changed: bool = False
+    phases: list[Links] = field(default_factory=list)  # time-varying topology: exchange t uses phases[t % len]
+
+    def at(self, exchange: int) -> Links:
+        """The links of exchange ``exchange`` (counted from 0 over the whole run)."""
+        return self.phases[exchange % len(self.phases)] if self.phases else self
 
 
 class RingPeer(PeerBase):
@@ -367,6 +385,7 @@ class RingPeer(PeerBase):
             listen = _addresses(topology)[topology.index_of(self.name)]
         self.listen = listen if listen is not None else (options.listen or ("127.0.0.1:0" if _is_tcp(network) else ""))
         self.links = Links()
+        self.current = self.links  # the links of the exchange under way (a schedule's phase)
         self.links_changed = trio.Event()
         self.node_ids: dict[str, int] = {}  # topology label -> node index (from the bootstrap)
         self.pending_links: tuple[int, Links] | None = None  # (from round, links) not yet in force
@@ -378,6 +397,7 @@ class RingPeer(PeerBase):
         self.out_streams: dict[int, MessageStream] = {}
         self.unsynced: set[int] = set()  # out-neighbours whose copy of our gossip state may be wrong
         self.algorithm: GossipAlgorithm | None = None
+        self.params: np.ndarray | None = None  # the latest mixed model (benchmarks average them)
         self.in_streams: list[MessageStream] = []
         self.schedule = trio.Event()
         self.asynchronous = False  # order: async — mix what has arrived, never wait for neighbours
@@ -455,7 +475,8 @@ class RingPeer(PeerBase):
             neighbours=tuple(neighbour_list(topology, self.node, labels, dict(zip(labels, _addresses(topology))))),
             info={"nodes": {label: i for i, label in enumerate(labels)},
                   "expected_origins": [labels[j] for j in origins_within(topology, self.node, hops)],
-                  "forward": _forward_labels(topology, self.node, hops, labels)}))
+                  "forward": _forward_labels(topology, self.node, hops, labels),
+                  "schedule": schedule_info(topology, self.node, labels)}))
         self.total_rounds = config.rounds
         self.schedule.set()
 
@@ -495,6 +516,11 @@ class RingPeer(PeerBase):
             forward=_forward_table(message.info.get("forward"), node),
             changed=True,
         )
+        dial = links.dial
+        links.phases = [Links(version=links.version, weights={node(j): float(w) for j, w in p["in"].items()},
+                              dial={node(j): dial[node(j)] for j in p["out"] if node(j) in dial},
+                              expected={node(j) for j in p["in"]}, changed=True)
+                        for p in message.info.get("schedule") or []]
         dead = {node(label) for label in message.info.get("dead", []) if label in self.node_ids}
         self.links.expected -= dead
         self.links.dial = {j: a for j, a in self.links.dial.items() if j not in dead}
@@ -507,6 +533,8 @@ class RingPeer(PeerBase):
             self.links = links
         else:
             self.pending_links = (from_round, links)
+        if not self.links.phases:  # an exchange under way sees new or shrunk links at once
+            self.current = self.links
         self._wake()
 
     def _switch_links(self, round_: int) -> None:
@@ -530,43 +558,122 @@ class RingPeer(PeerBase):
         self.asynchronous = run.info.get("order") == "async"
         if self.asynchronous and run.algorithm == "choco":
             raise ConfigError("choco needs synchronous exchanges; use order: sync (or auto) in ring mode")
+        if run.algorithm == "choco" and self.links.phases:
+            raise ConfigError("choco keeps copies of fixed neighbours; use a static topology, not a schedule")
         params = self.model.init_params(run.seed)
-        algorithm: GossipAlgorithm | None = None
+        self.algorithm = None
+        slices = self._slices(run)
         for round_ in range(self.start_round, self.total_rounds or run.rounds):
             if self.ended:
                 break
             started = time.perf_counter()
             self.round_in_progress = round_ + 1
             self._switch_links(round_ + 1)
-            if algorithm is None or self.links.changed:
-                algorithm = self.algorithm = self._new_algorithm(algorithm, params)
-            before = params
-            try:
-                after, loss = await self.train(before, round_ + 1)
-                messages = algorithm.outgoing(before, after, round_ + 1, rng, ledger=self.ledger)
-            except BudgetExhausted as exc:
-                log.warning("peer %s stops: %s", self.name, exc)
-                break
-            self.save_ledger()
-            messages = [dataclasses.replace(m, vector=self.corrupt(m.vector, rng)) for m in messages]
-            sent_before = self.neighbour_bytes()[0]
-            for step in range(algorithm.steps):
-                if step:
-                    messages = algorithm.next_outgoing(rng)
-                await self._send_all(messages, round_ + 1, step)
-                await self._gather(algorithm, round_ + 1, step)
-                params = algorithm.mix()
-            await self._report(round_ + 1, params, loss, started, sent_before)
+            sent_before, sent_exchanges, losses = self.neighbour_bytes()[0], [], []
+            for s, (start, steps) in enumerate(slices):
+                exchange = round_ * len(slices) + s
+                before = params
+                try:
+                    after, loss, seen = await self._train_slice(before, round_ + 1, start, steps, len(slices) > 1)
+                except BudgetExhausted as exc:  # DP-SGD's budget: stop before training past it
+                    log.warning("peer %s stops: %s", self.name, exc)
+                    return
+                losses.append((loss, seen))
+                params = await self._counted_exchange(before, after, exchange, len(slices) > 1, rng, sent_exchanges)
+                if params is None:
+                    return
+            if round_ + 1 == (self.total_rounds or run.rounds):
+                for c in range(run.settings.final_consensus):  # no training: mixing only
+                    exchange = (round_ + 1) * len(slices) + c
+                    params = await self._counted_exchange(params, params, exchange, True, rng, sent_exchanges)
+                    if params is None:
+                        return
+            loss = sum(value * n for value, n in losses) / max(sum(n for _, n in losses), 1)
+            await self._report(round_ + 1, params, loss, started, sent_before, sent_exchanges)
+
+    def _slices(self, run: Any) -> list[tuple[int, int]]:
+        """The round's training cut at its exchanges, as (first batch, batches) per slice; one
+        whole-round slice without ``exchange_every``. Every peer makes the same number of
+        exchanges per round (else synchronous neighbours would wait for each other), set by the
+        mean shard size; a peer with a bigger or smaller shard takes bigger or smaller slices."""
+        k = run.settings.exchange_every
+        if k is None:
+            return [(0, -1)]
+        assert self.data is not None
+        t = run.training
+        own = t.epochs * math.ceil(self.data.num_samples / t.batch_size)
+        count = max(1, math.ceil(t.epochs * math.ceil(self._nominal_samples(run) / t.batch_size) / k))
+        bounds = [round(s * own / count) for s in range(count + 1)]
+        return [(bounds[s], bounds[s + 1] - bounds[s]) for s in range(count)]
+
+    def _nominal_samples(self, run: Any) -> int:
+        """Training samples of an average peer (the data source split ``peers`` ways)."""
+        if run.partition.kind == "sample":
+            return int(run.partition.size)
+        from ringfl.data import load_source
+
+        train = load_source(self.options.data or run.data, num_classes=run.spec.num_classes).train
+        return max(1, len(train.y) // max(run.peers, 1))
+
+    async def _train_slice(self, params: np.ndarray, round_: int, start: int, steps: int,
+                           sliced: bool) -> tuple[np.ndarray, float, int]:
+        """Local training up to the next exchange: the whole round, or ``steps`` batches of it."""
+        if not sliced:
+            after, loss = await self.train(params, round_)
+            return after, loss, 1
+        assert self.model is not None and self.run_info is not None and self.data is not None
+        t = self.run_info.training
+        result = await self.model.train_steps(
+            params, self.data.x, self.data.y, lr=t.lr, batch_size=t.batch_size, start=start, steps=steps,
+            momentum=t.momentum, weight_decay=t.weight_decay,
+            seed=hash((self.run_info.seed, self.run_info.index, round_)) % (2**31))  # as PeerBase.train
+        return result.params, result.loss, result.samples
+
+    async def _counted_exchange(self, before: np.ndarray, after: np.ndarray, exchange: int, sliced: bool,
+                                rng: np.random.Generator, sent: list[int]) -> np.ndarray | None:
+        """:meth:`_exchange`, appending the bytes this peer sent meanwhile to ``sent``."""
+        start = self.neighbour_bytes()[0]
+        params = await self._exchange(before, after, exchange, sliced, rng)
+        sent.append(self.neighbour_bytes()[0] - start)
+        if params is not None:
+            self.params = params
+        return params
+
+    async def _exchange(self, before: np.ndarray, after: np.ndarray, exchange: int, sliced: bool,
+                        rng: np.random.Generator) -> np.ndarray | None:
+        """One exchange with the neighbours of exchange ``exchange`` (0-based over the run); the
+        mixed parameters, or None when the privacy budget stops the peer. On the wire an exchange
+        is numbered ``round`` when there is one per round, else ``exchange + 1``."""
+        key = self.round_in_progress if not sliced else exchange + 1
+        self.current = self.links.at(exchange)
+        algorithm = self.algorithm
+        if algorithm is None or self.current.changed or self.links.phases:
+            algorithm = self.algorithm = self._new_algorithm(algorithm, before)
+        try:
+            messages = algorithm.outgoing(before, after, key, rng, ledger=self.ledger)
+        except BudgetExhausted as exc:
+            log.warning("peer %s stops: %s", self.name, exc)
+            return None
+        self.save_ledger()
+        messages = [dataclasses.replace(m, vector=self.corrupt(m.vector, rng)) for m in messages]
+        params = after
+        for step in range(algorithm.steps):
+            if step:
+                messages = algorithm.next_outgoing(rng)
+            await self._send_all(messages, key, step)
+            await self._gather(algorithm, key, step)
+            params = algorithm.mix()
+        return params
 
     def _new_algorithm(self, old: GossipAlgorithm | None, params: np.ndarray) -> GossipAlgorithm:
         run = self.run_info
         assert run is not None
-        self.links.changed = False
-        weights = dict(self.links.weights)
+        self.links.changed = self.current.changed = False
+        weights = dict(self.current.weights)
         algorithm = make_gossip_algorithm(run.algorithm, self._self_node(), run.num_params, run.settings,
                                           weights, initial=params)
         if old is not None:
-            self.unsynced |= set(self.links.dial)  # rebuilt state: tell every neighbour where it stands
+            self.unsynced |= set(self.current.dial)  # rebuilt state: tell every neighbour where it stands
             try:
                 algorithm.adopt(old)
             except (KeyError, ValueError):
@@ -579,7 +686,7 @@ class RingPeer(PeerBase):
     async def _send_all(self, messages: list[GossipMessage], round_: int, step: int, *, relayed: bool = False) -> None:
         """To every out-neighbour; relayed selections only where ``links.forward`` routes them."""
         async with trio.open_nursery() as nursery:
-            for node, address in list(self.links.dial.items()):
+            for node, address in list(self.current.dial.items()):
                 chosen = [m for m in messages if self._routes(m.origin, node)] if relayed else messages
                 if chosen:
                     nursery.start_soon(self._send_to, node, address, chosen, round_, step)
@@ -679,7 +786,7 @@ class RingPeer(PeerBase):
                 forward = algorithm.incoming(sender, message)
                 if forward:
                     await self._send_all(forward, round_, step, relayed=True)
-            waiting = self.links.expected - fed  # shrinks at once when a neighbour dies
+            waiting = self.current.expected - fed  # shrinks at once when a neighbour dies
             if not waiting or self.ended or trio.current_time() >= deadline:
                 if waiting and not self.ended:
                     log.info("peer %s round %d: no update from %s", self.name, round_, sorted(waiting))
@@ -706,12 +813,14 @@ class RingPeer(PeerBase):
                     await self._send_all(forward, round_, 0, relayed=True)
         await trio.lowlevel.checkpoint()
 
-    async def _report(self, round_: int, params: np.ndarray, loss: float, started: float, sent_before: int) -> None:
+    async def _report(self, round_: int, params: np.ndarray, loss: float, started: float, sent_before: int,
+                      sent_exchanges: list[int]) -> None:
         loss_test, accuracy = await self.evaluate(params)
         sent, received = self.neighbour_bytes()
         metrics = {"round": round_, "accuracy": accuracy, "loss": loss_test, "train_loss": loss,
                    "epsilon": self.epsilon_spent, "bytes_sent": sent, "bytes_received": received,
                    "bytes_sent_round": sent - sent_before, "rounds": self.total_rounds,
+                   "exchanges": len(sent_exchanges), "bytes_sent_exchanges": sent_exchanges,
                    "bytes_by_neighbour": self.bytes_by_neighbour(),
                    "seconds": round(time.perf_counter() - started, 3)}
         self.record(metrics)
@@ -824,7 +933,7 @@ def _to_upload(message: GossipMessage, origin: str, round_: int, step: int) -> U
 def _from_upload(upload: Upload, node_of: dict[str, int]) -> GossipMessage:
     vector = upload.vector
     if not isinstance(vector, SparseVector):
-        vector = SparseVector(int(vector.size), np.arange(vector.size, dtype=np.uint32), vector)
+        vector = SparseVector.dense(vector)
     info = upload.info
     return GossipMessage(origin=node_of[str(info["origin"])], round=upload.round, vector=vector,
                          step=int(info.get("step", 0)), hop=int(info.get("hop", 1)),

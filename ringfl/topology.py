@@ -13,12 +13,13 @@ edge ``u -> v`` means ``u`` sends to ``v``.
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ _TOP_KEYS = (
     "weights",
     "self_weights",
     "bootstrap",
+    "schedule",
 )
 _NODE_KEYS = ("id", "address")
 _EXTENSIONS = {
@@ -81,6 +83,9 @@ class Topology:
     bootstrap: str | None = None
     scheme: str = MH
     generator: dict[str, Any] | None = None  # {"kind": ..., "seed": ..., params} when generated
+    # Time-varying topologies: one N x N mixing matrix per exchange, used cyclically (exchange t
+    # mixes with schedule[t % len]); ``graph`` is then the union of their links. Empty: static W.
+    schedule: tuple[np.ndarray, ...] = ()
 
     @property
     def n(self) -> int:
@@ -102,6 +107,10 @@ class Topology:
 
     def self_weight(self, i: int) -> float:
         return float(self.weights[i, i])
+
+    def phase(self, t: int) -> np.ndarray:
+        """The mixing matrix of exchange ``t`` (the static ``weights`` without a schedule)."""
+        return self.schedule[t % len(self.schedule)] if self.schedule else self.weights
 
     def index_of(self, label: object) -> int:
         """The node whose original id is ``label`` (stable across :func:`relink_without`)."""
@@ -229,11 +238,38 @@ def describe(top: Topology) -> str:
     lines.append(f"{what}: {'yes' if connected else 'no'}")
     lines.append(f"diameter: {nx.diameter(g) if connected else 'infinite'}")
     lines.append(f"spectral gap: {spectral_gap(top.weights):.4f}")
+    if top.schedule:
+        lines.append(describe_schedule(top.schedule))
     if top.addresses:
         lines.append(f"addresses: {len(top.addresses)} of {top.n} nodes")
     if top.bootstrap:
         lines.append(f"bootstrap: {top.bootstrap}")
     return "\n".join(lines)
+
+
+def period_product(schedule: Iterable[np.ndarray]) -> np.ndarray:
+    """W_{T-1} ... W_1 W_0: what one period of a schedule does to the peers' models."""
+    phases = list(schedule)
+    product = np.eye(phases[0].shape[0])
+    for w in phases:
+        product = w @ product
+    return product
+
+
+def averaging_error(weights: np.ndarray) -> float:
+    """Largest entry of ``|W - 11ᵀ/N|``: 0 when one application makes every peer the exact average."""
+    n = weights.shape[0]
+    return float(np.abs(np.asarray(weights) - 1.0 / n).max())
+
+
+def describe_schedule(schedule: tuple[np.ndarray, ...]) -> str:
+    """How well one period of a time-varying schedule mixes (exact averaging: error 0)."""
+    product = period_product(schedule)
+    messages = max(int(np.count_nonzero(w - np.diag(np.diag(w)), axis=0).max()) for w in schedule)
+    return (f"schedule: {len(schedule)} phases, one per exchange, cyclic; at most {messages} "
+            f"message(s) per peer per exchange\n"
+            f"one period: spectral gap {spectral_gap(product):.4f}, "
+            f"max |W - 11'/n| {averaging_error(product):.2e}")
 
 
 def plot(top: Topology, path: str | Path) -> None:
@@ -288,7 +324,10 @@ def _from_mapping(data: Any) -> Topology:
     if not isinstance(name, str) or not name:
         raise _Invalid(f"'name' must be a non-empty string, got {name!r}")
     bootstrap = data.get("bootstrap")
-    return _assemble(
+    phases = _phases(data, graph, generator, index, scheme)
+    if phases:  # the links of every phase: addresses and the static fallback come from the union
+        graph = _graph(len(labels), directed, {e for p in phases for e in p.edges})
+    top = _assemble(
         name=name,
         graph=graph,
         labels=labels,
@@ -297,6 +336,45 @@ def _from_mapping(data: Any) -> Topology:
         bootstrap=None if bootstrap is None else _address(bootstrap, "bootstrap"),
         generator=generator,
     )
+    if not phases:
+        return top
+    schedule = tuple(_phase_weights(p, labels, scheme) for p in phases)
+    return replace(top, schedule=schedule)
+
+
+def _phases(data: Mapping, graph: nx.Graph, generator: dict[str, Any] | None,
+            index: dict[str, int], scheme: str) -> list[nx.DiGraph]:
+    """The per-exchange graphs: a schedule generator's, or the file's ``schedule`` list (each
+    phase a list of directed ``[sender, receiver]`` edges, ``[u, v, weight]`` with explicit
+    weights)."""
+    spec = data.get("schedule")
+    kind = (generator or {}).get("kind")
+    if kind in _SCHEDULES:
+        if spec is not None:
+            raise _Invalid(f"generator {kind} makes its own schedule; drop 'schedule'")
+        return _SCHEDULES[kind](graph.number_of_nodes())
+    if spec is None:
+        return []
+    if not isinstance(spec, list) or not spec:
+        raise _Invalid(f"'schedule' must be a non-empty list of phases (lists of edges), got {spec!r}")
+    phases = []
+    for t, edges in enumerate(spec):
+        where = f"schedule phase {t}"
+        if not isinstance(edges, list):
+            raise _Invalid(f"{where}: expected a list of [sender, receiver] edges, got {edges!r}")
+        try:
+            phases.append(_graph(len(index), True, _parse_edges(edges, index, True, scheme)))
+        except _Invalid as exc:
+            raise _Invalid(f"{where}: {exc}") from None
+    return phases
+
+
+def _phase_weights(phase: nx.DiGraph, labels: list[str], scheme: str) -> np.ndarray:
+    """A phase's mixing matrix; a phase need not be connected (the period must mix)."""
+    weights = _mixing_matrix(phase, scheme)
+    _check_stochastic(weights, labels)
+    weights.setflags(write=False)
+    return weights
 
 
 def _structure(
@@ -306,6 +384,8 @@ def _structure(
     if "generator" in data and "edges" in data:
         raise _Invalid("give either 'generator' or 'edges', not both")
     if "generator" not in data and "edges" not in data:
+        if "schedule" in data:  # the links are the union of the phases'
+            return _graph(len(index), True, ()), None
         raise _Invalid("missing both 'generator' and 'edges'; give exactly one")
     if "edges" in data:
         edges = _parse_edges(data["edges"], index, directed, scheme)
@@ -508,6 +588,31 @@ def _erdos_renyi(n: int, rng: random.Random, directed: bool, p: float) -> nx.Gra
     return _connected(lambda: nx.gnp_random_graph(n, p, seed=rng, directed=directed), f"p={p}")
 
 
+def _exponent_count(n: int) -> int:
+    """ceil(log2 n): the hops 1, 2, 4, ... an exponential graph links (each below n)."""
+    return max(1, math.ceil(math.log2(n)))
+
+
+def _exponential(n: int, rng: random.Random, directed: bool) -> nx.Graph:
+    """Static exponential graph (Ying et al. 2021): node i links to i + 2^k mod n, k < log2 n."""
+    hops = sorted({2**k % n for k in range(_exponent_count(n))} - {0})
+    graph = nx.DiGraph() if directed else nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from((i, (i + h) % n) for i in range(n) for h in hops)
+    return graph
+
+
+def _one_peer_exponential_phases(n: int) -> list[nx.DiGraph]:
+    """Phase t: every node sends to i + 2^t mod n only, weights ½ / ½. For n a power of two the
+    log2 n phases multiply to exactly 11ᵀ/n: after them every peer holds the average."""
+    return [_graph(n, True, ((i, (i + 2**t) % n) for i in range(n))) for t in range(_exponent_count(n))]
+
+
+_SCHEDULES: dict[str, Callable[[int], list[nx.DiGraph]]] = {
+    "one-peer-exponential": _one_peer_exponential_phases,
+}
+
+
 _GENERATORS: dict[str, Callable[..., nx.Graph]] = {
     "ring": _ring,
     "bidirectional-ring": _bidirectional_ring,
@@ -520,6 +625,8 @@ _GENERATORS: dict[str, Callable[..., nx.Graph]] = {
     "small-world": _small_world,
     "random-regular": _random_regular,
     "erdos-renyi": _erdos_renyi,
+    "exponential": _exponential,
+    "one-peer-exponential": _exponential,  # the union of its phases; the schedule is _SCHEDULES'
 }
 GENERATOR_KINDS = tuple(_GENERATORS)
 

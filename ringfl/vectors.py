@@ -8,8 +8,18 @@ indices plus float32 values, so the codec can send it without per-element Python
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
+
+
+@lru_cache(maxsize=8)
+def all_indices(size: int) -> np.ndarray:
+    """The read-only index array 0..size-1 of a dense vector seen as sparse: one shared copy per
+    model size, so full-model gossip (D-PSGD, θu = 1) does not build one per message."""
+    indices = np.arange(size, dtype=np.uint32)
+    indices.flags.writeable = False
+    return indices
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,20 @@ class SparseVector:
     def empty(cls, size: int) -> SparseVector:
         return cls(int(size), np.zeros(0, np.uint32), np.zeros(0, np.float32))
 
+    @classmethod
+    def dense(cls, values: np.ndarray) -> SparseVector:
+        """Every coordinate of ``values`` (float32), sharing :func:`all_indices`."""
+        values = np.asarray(values, dtype=np.float32)
+        return cls(int(values.size), all_indices(int(values.size)), values)
+
     @property
     def nnz(self) -> int:
         return int(self.indices.size)
+
+    @property
+    def is_full(self) -> bool:
+        """Every coordinate present (then indices are 0..size-1: unique, sorted, < size)."""
+        return self.indices.size == self.size
 
     @property
     def density(self) -> float:
@@ -68,12 +89,17 @@ class SparseVector:
         return packed
 
     def to_dense(self) -> np.ndarray:
+        if self.is_full:
+            return np.array(self.values, dtype=np.float32, copy=True)
         out = np.zeros(self.size, dtype=np.float32)
         out[self.indices.astype(np.intp)] = self.values
         return out
 
     def add_to(self, dense: np.ndarray, scale: float = 1.0) -> None:
         """``dense[indices] += scale * values`` in place (indices are unique, so no np.add.at)."""
+        if self.is_full:
+            dense += self.values if scale == 1.0 else np.float32(scale) * self.values
+            return
         idx = self.indices.astype(np.intp)  # uint32 fancy indexes are converted on every use
         if scale == 1.0:
             dense[idx] += self.values

@@ -75,12 +75,12 @@ def test_registry() -> None:
         assert make_coordinator_algorithm(name, np.zeros(4), s, RNG(0)).name == name
         assert make_peer_algorithm(name, s).name == name
         assert algorithm_mode(name) == "coordinator"
-    for name in ("gossip-dssgd", "relay", "choco"):
+    for name in ("gossip-dssgd", "relay", "choco", "d-psgd", "gradient-tracking"):
         assert make_gossip_algorithm(name, 0, 4, s, {1: 0.5}).name == name
         assert algorithm_mode(name) == "ring"
     with pytest.raises(ConfigError, match="dssgd, fedavg, fedsgd"):
         make_coordinator_algorithm("fedprox", np.zeros(4), s, RNG(0))
-    with pytest.raises(ConfigError, match="choco, gossip-dssgd, relay"):
+    with pytest.raises(ConfigError, match="choco, d-psgd, gossip-dssgd, gradient-tracking, relay"):
         make_gossip_algorithm("dpsgd", 0, 4, s, {})
     with pytest.raises(ConfigError, match="unknown algorithm"):
         algorithm_mode("nope")

@@ -91,6 +91,9 @@ def test_plan_and_config_errors():
         parse_config({"training": {"privacy": {"mechanism": "dp-adam", "noise_multiplier": 1}}})
     config = parse_config({"training": {"privacy": {"mechanism": "dp-sgd", "noise_multiplier": 1.1}}})
     assert config.training.privacy.enabled and config.training.privacy.noise_multiplier == 1.1
+    with pytest.raises(ConfigError, match="exchange_every cannot be combined with training.privacy"):
+        parse_config({"algorithm": "d-psgd", "topology": "ring", "algorithm_settings": {"exchange_every": 5},
+                      "training": {"privacy": {"mechanism": "dp-sgd", "noise_multiplier": 1.1}}})
 
 
 # --- per-example gradients and the noise ------------------------------------------------------

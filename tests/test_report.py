@@ -173,7 +173,7 @@ def test_report_md_lists_every_setting_and_links_images(tmp_path, results):
     assert summary.index("| centralized") < summary.index("| standalone") < summary.index("| ring4")
     ring4 = "| ring4 gossip-dssgd θu=0.1 θd=1 γ=0.01 iid | 0.0700 | 0.2200 | 0.3700 | 0.5200 |"
     assert f"{ring4} 0.6700 | 0.8200 |" in text.split("## Accuracy per round")[1]
-    for name in ("accuracy_vs_round", "accuracy_vs_bytes", "peer_spread"):
+    for name in ("accuracy_vs_round", "accuracy_vs_bytes", "peer_spread", "accuracy_vs_peers"):
         assert f"(plots/{name}.png)" in text
     assert "](topologies/ring.png)" in text
 
@@ -181,7 +181,7 @@ def test_report_md_lists_every_setting_and_links_images(tmp_path, results):
 def test_all_plots_are_valid_pngs(tmp_path, results):
     written = write_all(tmp_path, results, "plots")
     pngs = [path for name, path in written.items() if name not in ("summary.csv", "report.md")]
-    assert len(pngs) == 3
+    assert len(pngs) == 4
     for path in pngs:
         data = path.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
@@ -238,3 +238,20 @@ def test_print_summary_renders_a_row_per_setting(results):
         assert any(line.strip().startswith(f"{label} ") for line in out.splitlines())
     assert "1 kB" in out  # bytes per peer per round of the ring runs
     assert "θd=1 γ=0.01 model=digits-mlp" in out  # what every setting shares, said once
+
+
+def test_accuracy_vs_peers_draws_one_line_per_setting_across_peer_counts(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from ringfl.report import plot_accuracy_vs_peers
+
+    drawn = []
+    original = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: drawn.append((list(a[0]), list(a[1]))) or original(self, *a, **k))
+    results = [make_result(ring(peers=n)) for n in (8, 4, 16)] + [make_result(ring(peers=4, topology="torus"))]
+    path = plot_accuracy_vs_peers(results, tmp_path / "peers.png", "scaling")
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    accuracy = [line for line in drawn if max(line[1]) < 1]
+    sent = [line for line in drawn if max(line[1]) >= 1]
+    assert [xs for xs, _ in accuracy] == [[4, 8, 16], [4]]  # ring over three sizes, torus alone
+    assert sent[0] == ([4, 8, 16], [BYTES_PER_PEER_ROUND] * 3)

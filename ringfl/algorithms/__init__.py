@@ -1,8 +1,8 @@
 """Learning strategies as pure numpy objects over flat float32 vectors, and their registry.
 
 Coordinator mode: ``fedsgd``, ``fedavg``, ``dssgd`` (a :class:`CoordinatorAlgorithm` on the server,
-a :class:`PeerAlgorithm` on each peer). Ring / topology mode: ``gossip-dssgd``, ``relay``, ``choco``
-(one :class:`GossipAlgorithm` per peer). See docs/algorithms.md.
+a :class:`PeerAlgorithm` on each peer). Ring / topology mode: ``gossip-dssgd``, ``relay``, ``choco``,
+``d-psgd``, ``gradient-tracking`` (one :class:`GossipAlgorithm` per peer). See docs/algorithms.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ringfl.algorithms.base import (
     selection_count,
 )
 from ringfl.algorithms.choco import ChocoGossip
+from ringfl.algorithms.d_psgd import DPSGD
 from ringfl.algorithms.dp_fedavg import DPFedAvgCoordinator, DPFedAvgPeer
 from ringfl.algorithms.dssgd import DSSGDCoordinator, DSSGDPeer
 from ringfl.algorithms.fedavg import FedAvgCoordinator, FedAvgPeer, FedSGDCoordinator, FedSGDPeer
@@ -30,6 +31,7 @@ from ringfl.algorithms.gossip import (
     SelectiveGossip,
     simulate_round,
 )
+from ringfl.algorithms.gradient_tracking import GradientTracking
 from ringfl.errors import ConfigError
 
 COORDINATOR_ALGORITHMS: dict[str, type[CoordinatorAlgorithm]] = {
@@ -39,7 +41,7 @@ PEER_ALGORITHMS: dict[str, type[PeerAlgorithm]] = {
     cls.name: cls for cls in (FedSGDPeer, FedAvgPeer, DSSGDPeer, DPFedAvgPeer)
 }
 GOSSIP_ALGORITHMS: dict[str, type[GossipAlgorithm]] = {
-    cls.name: cls for cls in (SelectiveGossip, RelayGossip, ChocoGossip)
+    cls.name: cls for cls in (SelectiveGossip, RelayGossip, ChocoGossip, DPSGD, GradientTracking)
 }
 _DP_CAPABLE = {"dssgd", "gossip-dssgd", "relay"}
 _ROBUST_CAPABLE = {"fedavg", "fedsgd", "gossip-dssgd", "relay"}
@@ -110,6 +112,7 @@ __all__ = [
     "AlgorithmSettings",
     "ChocoGossip",
     "CoordinatorAlgorithm",
+    "DPSGD",
     "DSSGDCoordinator",
     "DSSGDPeer",
     "FedAvgCoordinator",
@@ -118,6 +121,7 @@ __all__ = [
     "FedSGDPeer",
     "GossipAlgorithm",
     "GossipMessage",
+    "GradientTracking",
     "InvalidUpdate",
     "PeerAlgorithm",
     "RelayGossip",

@@ -29,6 +29,7 @@ SELECTIONS = ("topk", "random-threshold")
 ROBUST_RULES = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
 GOSSIP_MIXES = ("add", "difference")
 ASYNC_SCALES = ("sum", "peers")
+COMPRESSIONS = ("topk", "randomk")
 
 
 class InvalidUpdate(ValueError):
@@ -108,9 +109,12 @@ _RULES: dict[str, _Rule] = {
     "user_rounds": (_integer, lambda v: v >= 1, ">= 1"),
     "clip_quantile": (_number, lambda v: 0 < v < 1, "in (0, 1), or null for fixed clipping"),
     "clip_lr": (_number, lambda v: 0 < v < math.inf, "a positive number"),
+    "exchange_every": (_integer, lambda v: v >= 1, ">= 1 mini-batches, or null for once per round"),
+    "compression": (_choice(COMPRESSIONS), None, ""),
+    "final_consensus": (_integer, lambda v: v >= 0, ">= 0"),
 }
 _OPTIONAL = {"gamma", "epsilon", "budget", "sample_cap", "multi_krum_m", "clip_norm", "user_target_epsilon",
-             "user_peers", "clip_quantile"}
+             "user_peers", "clip_quantile", "exchange_every"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,12 @@ class AlgorithmSettings:
       gossip_mix: "add" (the reference: own step + Σ w_ij Δ̂_j) or "difference"
         (own step + Σ w_ij (Δ̂_j − Δ̂_i), which preserves the network average).
       choco_gamma, choco_steps: CHOCO consensus step size and exchanges per round.
+      compression: CHOCO's compressor, "topk" (largest |x − x̂|) or "randomk" (θu of the
+        coordinates drawn uniformly: unbiased up to scale, no data-dependent selection).
+      exchange_every: exchange with the neighbours every k mini-batches (a round's local training
+        is cut into slices, each followed by one exchange); None = once per round.
+      final_consensus: exchanges without training after the last round's, so the peers end
+        closer to their average (D-PSGD on a one-peer exponential graph: log2 n make it exact).
     """
 
     theta_u: float = 0.1
@@ -176,6 +186,9 @@ class AlgorithmSettings:
     user_rounds: int = 1
     clip_quantile: float | None = None
     clip_lr: float = 0.2
+    exchange_every: int | None = None
+    compression: str = "topk"
+    final_consensus: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -103,10 +103,17 @@ class ChocoGossip(GossipAlgorithm):
         return self._compress(rng)
 
     def _compress(self, rng: np.random.Generator) -> list[GossipMessage]:
-        q = top_k(self.x - self.public, self.k, rng)
+        q = self._compressor(self.x - self.public, rng)
         q.add_to(self.public)
         self._delivered.setdefault((self.round, self.step), set())
         return [GossipMessage(self.peer_id, self.round, q, step=self.step)]
+
+    def _compressor(self, difference: np.ndarray, rng: np.random.Generator) -> SparseVector:
+        """top-k by magnitude, or k coordinates drawn uniformly (``compression: randomk``)."""
+        if self.settings.compression == "randomk":
+            idx = np.sort(rng.choice(self.n_params, size=self.k, replace=False)).astype(np.uint32)
+            return SparseVector(self.n_params, idx, difference[idx])
+        return top_k(difference, self.k, rng)
 
     def incoming(self, sender: int, message: GossipMessage) -> list[GossipMessage]:
         """Fold q_sender into the sender's public copy (at most once per (sender, round, step)).

@@ -165,7 +165,7 @@ class GossipAlgorithm(ABC):
 def _as_sparse(vector: np.ndarray | SparseVector) -> SparseVector:
     if isinstance(vector, SparseVector):
         return vector
-    return SparseVector(int(vector.size), np.arange(vector.size, dtype=np.uint32), vector)
+    return SparseVector.dense(vector)
 
 
 class SelectiveGossip(GossipAlgorithm):

@@ -253,12 +253,39 @@ class GluonModel:
 
         Momentum buffers live only for this call: peers sharing the net must not share them.
         """
-        self.set_flat(params)
         rng = np.random.default_rng(seed)
+        return self._fit(params, _batches(x, y, batch_size, epochs, steps, rng),
+                         lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
+
+    def train_steps(
+        self,
+        params: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        lr: float,
+        batch_size: int,
+        start: int,
+        steps: int,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> TrainResult:
+        """SGD over mini-batches ``start .. start + steps - 1`` of the batch sequence that
+        ``train(seed=seed)`` walks (epoch after epoch, each shuffled): decentralised peers exchange
+        every k batches, so they train an epoch in slices and the slices must continue one shuffle.
+        Consecutive slices give exactly the parameters of one ``train`` call (without momentum)."""
+        rng = np.random.default_rng(seed)
+        return self._fit(params, _batch_range(x, y, batch_size, start, steps, rng),
+                         lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
+
+    def _fit(self, params: np.ndarray, batches: Any, *, lr: float, momentum: float,
+             weight_decay: float, seed: int) -> TrainResult:
+        self.set_flat(params)
         mx.random.seed(seed % (2**31))
         moms = [nd.zeros(p.shape) for p in self._trainable] if momentum else []
         losses, seen = [], 0
-        for xb, yb in _batches(x, y, batch_size, epochs, steps, rng):
+        for xb, yb in batches:
             with autograd.record():
                 loss = self._net_with_loss(xb, yb)
             loss.backward()
@@ -493,6 +520,25 @@ class _ShuffleBuffer:
 
 
 _SHUFFLE = _ShuffleBuffer()  # the model runs on one MXNet thread, so one buffer serves all peers
+
+
+def _batch_range(x: np.ndarray, y: np.ndarray, batch_size: int, start: int, steps: int,
+                 rng: np.random.Generator) -> Any:
+    """Batches ``start .. start + steps - 1`` of the shuffled epochs :func:`_batches` yields for the
+    same ``rng``; only those rows are gathered (an exchange every batch must not copy the shard)."""
+    if batch_size < 1 or start < 0 or steps < 0:
+        raise ValueError("batch_size must be >= 1, start and steps >= 0")
+    n = len(y)
+    if n == 0:
+        return
+    per_epoch = math.ceil(n / batch_size)
+    epoch, order = -1, np.zeros(0, np.int64)
+    for batch in range(start, start + steps):
+        wanted, i = divmod(batch, per_epoch)
+        while epoch < wanted:  # the same permutations, in the same order, as _batches draws
+            order, epoch = rng.permutation(n), epoch + 1
+        rows = order[i * batch_size : (i + 1) * batch_size]
+        yield nd.array(np.asarray(x[rows], dtype=np.float32)), nd.array(y[rows], dtype="float32")
 
 
 def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, steps: int | None,

@@ -85,6 +85,8 @@ class Model:
 
     async def train_dp(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, **kw: Any) -> Any:
         return await self.thread.run(self._gluon.train_dp, params, x, y, **kw)
+    async def train_steps(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, **kw: Any) -> Any:
+        return await self.thread.run(self._gluon.train_steps, params, x, y, **kw)
 
     async def gradient(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return await self.thread.run(self._gluon.gradient, params, x, y)
