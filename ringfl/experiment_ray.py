@@ -95,14 +95,23 @@ class RayBackend:
                 bar.advance(run.config.rounds, result.final.accuracy if result.final else None)
                 bar.finish(run, result)
         finally:
-            for ref in running:  # interrupted: stop what still runs (finished settings are stored)
-                ray.cancel(ref)
+            _cancel_unfinished(list(running))  # interrupted: stop what still runs (finished ones are stored)
             if connected:
                 ray.shutdown()
         if failed:
             raise RingflError(f"{len(failed)} of {len(pending)} settings failed on Ray (first: "
                               f"{failed[0][0].setting.label}: {failed[0][1]}); finished settings are "
                               "kept, re-run to finish the others")
+
+
+def _cancel_unfinished(refs: list[ray.ObjectRef]) -> None:
+    """Cancel only tasks not finished yet: Ray (2.x) can abort the driver when a cancel races the
+    reply of a task that is just finishing (ray-project/ray#54798), so finished ones are left alone."""
+    if not refs:
+        return
+    _, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in unfinished:
+        ray.cancel(ref)
 
 
 def _number(value: Any, where: str, integer: bool) -> Any:
@@ -191,8 +200,7 @@ async def _ray_peers(commands: list[list[str]], num_cpus: float) -> None:
     try:
         await trio.to_thread.run_sync(ray.get, refs, abandon_on_cancel=True)
     finally:
-        for ref in refs:
-            ray.cancel(ref)  # no-op for finished ones; a KeyboardInterrupt (child killed) for the rest
+        _cancel_unfinished(refs)  # a KeyboardInterrupt (child killed) for peers still running
 
 
 def _peer_job(command: Sequence[str]) -> dict[str, Any]:
