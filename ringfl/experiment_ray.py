@@ -126,12 +126,26 @@ def _connect(address: str | None) -> bool:
     True when this call connected (and so disconnects at the end)."""
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"cannot join the Ray cluster at {address or 'RAY_ADDRESS / a new local one'}: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line when nothing listens at ``address``: ``ray.init`` would retry for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                          f"({exc.strerror or type(exc).__name__}); start it with `ray start --head`") from None
 
 
 def _reason(exc: RayError) -> str:

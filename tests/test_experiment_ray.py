@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,18 @@ def test_backend_flags_are_checked(tmp_path, capsys):
     assert main([*base, "--address", "127.0.0.1:1"]) == 2
     assert "use it with --backend ray" in capsys.readouterr().err
     assert not (tmp_path / "settings").exists()
+
+
+def test_an_unreachable_address_fails_in_one_line(tmp_path, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    assert main(["experiment", str(SMOKE), "--out", str(tmp_path), "--backend", "ray",
+                 "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot join the Ray cluster at 127.0.0.1:{port}: nothing answers there" in err
+    assert len(err.splitlines()) == 1 and time.monotonic() - started < 30  # not Ray's minutes of retries
 
 
 def test_records_cross_as_plain_json(local_smoke):
