@@ -1,0 +1,43 @@
+"""Peer topologies: who exchanges updates with whom, and with which mixing weights."""
+
+from ringfl.topology.model import (
+    GENERATOR_KINDS,
+    MH,
+    MIN_NODES,
+    RANDOM_TRIES,
+    SCHEMES,
+    TOLERANCE,
+    Topology,
+    averaging_error,
+    describe,
+    describe_schedule,
+    from_mapping,
+    generate,
+    load_topology,
+    mixing_matrix,
+    period_product,
+    plot,
+    relink_without,
+    spectral_gap,
+)
+
+__all__ = [
+    "GENERATOR_KINDS",
+    "MH",
+    "MIN_NODES",
+    "RANDOM_TRIES",
+    "SCHEMES",
+    "TOLERANCE",
+    "Topology",
+    "averaging_error",
+    "describe",
+    "describe_schedule",
+    "from_mapping",
+    "generate",
+    "load_topology",
+    "mixing_matrix",
+    "period_product",
+    "plot",
+    "relink_without",
+    "spectral_gap",
+]
