@@ -1,7 +1,7 @@
-"""Byte streams for the protocol, behind one interface: TCP, TLS over TCP and in-memory pairs.
+"""The transport interface and messages over it.
 
 A :class:`Network` dials and listens on string addresses (``host:port`` for TCP/TLS, any name
-for :class:`MemoryNetwork`), so peer and coordinator code never cares which transport carries it.
+for the in-memory network), so peer and coordinator code never cares which transport carries it.
 A :class:`MessageStream` joins a trio stream to a sans-IO
 :class:`~ringfl.protocol.state.Connection`: messages in and out, per-message deadlines, byte
 counters and a graceful close. Failures of one connection (peer errors, broken sockets, deadlines)
@@ -11,20 +11,13 @@ end that connection's handler, never the server.
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import logging
-import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import trio
-import trio.testing
 
-from ringfl.errors import ConfigError
 from ringfl.protocol import (
     EOF,
     NEED_DATA,
@@ -104,59 +97,6 @@ def deadline(seconds: float | None, what: str, *, started: float | None = None) 
         raise DeadlineError(f"{what} took longer than {seconds:g} s") from exc
 
 
-# --- TLS ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """Certificate paths (PEM). A server needs ``cert`` + ``key``; ``require_client_cert`` makes
-    it verify clients against ``ca`` (mutual TLS). A client verifies the server against ``ca``
-    (system roots if None) and presents ``cert`` + ``key`` if given."""
-
-    ca: str | Path | None = None
-    cert: str | Path | None = None
-    key: str | Path | None = None
-    require_client_cert: bool = False
-    server_hostname: str | None = None  # client: name to verify instead of the address host
-
-
-def _load(what: str, load: Callable[..., Any], *paths: str | Path | None) -> None:
-    try:
-        load(*(str(p) if p else None for p in paths))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"cannot load TLS {what} {', '.join(map(str, filter(None, paths)))}: {exc}"
-        ) from exc
-
-
-def server_ssl_context(config: TlsConfig) -> ssl.SSLContext:
-    """An SSL context for the accepting side (built by :mod:`ringfl.certs`: TLS 1.2+, and with
-    mutual TLS only ``config.ca`` vouches for clients — no system roots)."""
-    from ringfl.certs import CertPaths, server_context
-
-    if not config.cert:
-        raise ConfigError("a TLS server needs a certificate (cert) and key")
-    if config.require_client_cert and not config.ca:
-        raise ConfigError("mutual TLS needs a CA (ca) to verify client certificates")
-    key = config.key or config.cert  # a PEM may hold both
-    paths = CertPaths(Path(config.ca or config.cert), Path(config.cert), Path(key))
-    return server_context(paths, config.require_client_cert)
-
-
-def client_ssl_context(config: TlsConfig) -> ssl.SSLContext:
-    """An SSL context for the dialling side: trusts only ``config.ca`` if given (system roots
-    otherwise) and presents ``config.cert`` for mutual TLS."""
-    if config.ca:
-        from ringfl.certs import client_context
-
-        key = config.key or config.cert  # a PEM may hold both
-        return client_context(config.ca, config.cert, key if config.cert else None)
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if config.cert:
-        _load("certificate", context.load_cert_chain, config.cert, config.key)
-    return context
-
-
 # --- networks ----------------------------------------------------------------------------------
 
 
@@ -219,242 +159,6 @@ async def _quiet_close(stream: trio.abc.Stream, timeout: float = 1.0) -> None:
 
 async def _nothing_to_prepare(stream: trio.abc.Stream) -> None:
     await trio.lowlevel.checkpoint()
-
-
-class TcpNetwork(Network):
-    """Plain TCP (``trio.open_tcp_stream`` / listeners); addresses are ``host:port``."""
-
-    async def connect(self, address: str) -> trio.abc.Stream:
-        host, port = parse_address(address)
-        try:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            raise ConnectError(f"cannot connect to {address}: {exc}") from exc
-        return await self._secure_client(stream, host, address)
-
-    async def serve(
-        self,
-        address: str,
-        handler: StreamHandler,
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        host, port = parse_address(address)
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise AddressError(f"cannot listen on {address}: {exc}") from exc
-        bound = format_address(host, listeners[0].socket.getsockname()[1])
-        task_status.started(bound)
-        run = functools.partial(_run_handler, handler, self._secure_server)
-        await trio.serve_listeners(run, [self._wrap_listener(x) for x in listeners])
-
-    async def _secure_client(
-        self, stream: trio.abc.Stream, host: str, address: str
-    ) -> trio.abc.Stream:
-        """Hook: the dialled stream as messages will use it (TLS wraps it here)."""
-        return stream
-
-    async def _secure_server(self, stream: trio.abc.Stream) -> None:
-        """Hook: runs on each accepted stream before the handler (TLS handshakes here)."""
-        await _nothing_to_prepare(stream)
-
-    def _wrap_listener(self, listener: trio.SocketListener) -> trio.abc.Listener:
-        """Hook: the listener accepted streams come from (TLS wraps it here)."""
-        return listener
-
-
-class TlsNetwork(TcpNetwork):
-    """TLS over TCP (``trio.SSLStream``); the handshake completes before any message."""
-
-    def __init__(self, config: TlsConfig, *, handshake_timeout: float = 10.0) -> None:
-        self.config = config
-        self.handshake_timeout = handshake_timeout
-
-    @functools.cached_property
-    def _client_context(self) -> ssl.SSLContext:
-        return client_ssl_context(self.config)
-
-    @functools.cached_property
-    def _server_context(self) -> ssl.SSLContext:
-        return server_ssl_context(self.config)
-
-    async def _secure_client(
-        self, stream: trio.abc.Stream, host: str, address: str
-    ) -> trio.abc.Stream:
-        hostname = self.config.server_hostname or host
-        tls = trio.SSLStream(stream, self._client_context, server_hostname=hostname)
-        try:
-            with deadline(self.handshake_timeout, f"TLS handshake with {address}"):
-                await tls.do_handshake()
-        except (trio.BrokenResourceError, DeadlineError) as exc:
-            await trio.aclose_forcefully(tls)
-            raise ConnectError(f"TLS handshake with {address} failed: {_describe(exc)}") from exc
-        return tls
-
-    async def _secure_server(self, stream: trio.abc.Stream) -> None:
-        assert isinstance(stream, trio.SSLStream)
-        with deadline(self.handshake_timeout, "TLS handshake"):
-            await stream.do_handshake()
-
-    def _wrap_listener(self, listener: trio.SocketListener) -> trio.abc.Listener:
-        return trio.SSLListener(listener, self._server_context)
-
-
-class _Pipe:
-    """One direction of an in-memory connection: unread bytes, capped at ``limit``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.eof = False  # the writer is done: the reader gets what is left, then b""
-        self.broken = False  # the reader is gone: writes fail
-        self.changed = trio.lowlevel.ParkingLot()  # reader and writer wait here for each other
-
-
-class MemoryStream(trio.abc.HalfCloseableStream):
-    """One end of an in-memory connection holding at most ``buffer_bytes`` unread per direction.
-
-    Unlike ``trio.testing.memory_stream_pair`` (unbounded), ``send_all`` waits while the buffer
-    is full, as on a full TCP socket: a reader that stalls costs its sender a deadline, not
-    unbounded memory. Data larger than the buffer goes through in chunks as the reader drains.
-    Errors match sockets: ``ClosedResourceError`` after our own close, ``BrokenResourceError``
-    when sending to a closed reader, ``b""`` after the writer's close or ``send_eof``.
-    """
-
-    def __init__(self, outgoing: _Pipe, incoming: _Pipe) -> None:
-        self._out = outgoing
-        self._in = incoming
-        self._closed = False
-        self._busy: set[str] = set()
-
-    @classmethod
-    def pair(cls, buffer_bytes: int) -> tuple[MemoryStream, MemoryStream]:
-        """Two connected ends."""
-        if buffer_bytes < 1:
-            raise ValueError("buffer_bytes must be >= 1")
-        one, two = _Pipe(buffer_bytes), _Pipe(buffer_bytes)
-        return cls(one, two), cls(two, one)
-
-    @contextlib.contextmanager
-    def _exclusive(self, what: str) -> Iterator[None]:
-        if what in self._busy:
-            raise trio.BusyResourceError(f"another task is already {what} on this stream")
-        self._busy.add(what)
-        try:
-            yield
-        finally:
-            self._busy.discard(what)
-
-    def _check_send(self) -> None:
-        if self._closed or self._out.eof:
-            raise trio.ClosedResourceError("this stream is closed for sending")
-        if self._out.broken:
-            raise trio.BrokenResourceError("the other end closed the connection")
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with self._exclusive("sending"), memoryview(data) as view:
-            await trio.lowlevel.checkpoint()
-            out, sent = self._out, 0
-            while True:
-                self._check_send()
-                room = out.limit - len(out.data)
-                if room > 0 and sent < len(view):
-                    out.data += view[sent : sent + room]
-                    sent += room
-                    out.changed.unpark_all()
-                if sent >= len(view):
-                    return
-                await out.changed.park()  # full: wait for the reader (or a close)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        with self._exclusive("sending"):
-            await trio.lowlevel.checkpoint()
-            out = self._out
-            while len(out.data) >= out.limit and not (self._closed or out.eof or out.broken):
-                await out.changed.park()
-            if self._closed:
-                raise trio.ClosedResourceError("this stream is closed")
-
-    async def send_eof(self) -> None:
-        with self._exclusive("sending"):
-            await trio.lowlevel.checkpoint()
-            if self._closed:
-                raise trio.ClosedResourceError("this stream is closed")
-            self._out.eof = True
-            self._out.changed.unpark_all()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        with self._exclusive("receiving"):
-            await trio.lowlevel.checkpoint()
-            pipe = self._in
-            while not self._closed and not pipe.data and not pipe.eof:
-                await pipe.changed.park()
-            if self._closed:
-                raise trio.ClosedResourceError("this stream is closed")
-            if max_bytes is None or max_bytes >= len(pipe.data):
-                chunk, pipe.data = pipe.data, bytearray()
-            else:
-                chunk = pipe.data[:max_bytes]
-                del pipe.data[:max_bytes]
-            pipe.changed.unpark_all()  # room for the writer
-            return chunk
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._out.eof = True
-            self._in.broken = True
-            self._in.data = bytearray()  # unread data is lost, as with a socket
-            self._out.changed.unpark_all()
-            self._in.changed.unpark_all()
-        await trio.lowlevel.checkpoint()
-
-
-class MemoryNetwork(Network):
-    """In-process streams (:class:`MemoryStream`) addressed by name: simulations of hundreds of
-    peers, and tests without ports. ``""`` picks a fresh name.
-
-    Each direction of a connection buffers at most ``buffer_bytes`` (about what loopback TCP
-    socket buffers hold), so senders feel backpressure and send deadlines fire as over TCP.
-    """
-
-    def __init__(self, *, buffer_bytes: int = 1 << 20) -> None:
-        if buffer_bytes < 1:
-            raise ValueError("buffer_bytes must be >= 1")
-        self.buffer_bytes = buffer_bytes
-        self._servers: dict[str, tuple[StreamHandler, trio.Nursery]] = {}
-        self._names = itertools.count(1)
-
-    async def connect(self, address: str) -> trio.abc.Stream:
-        entry = self._servers.get(address)
-        if entry is None:
-            raise ConnectError(f"nothing listens on memory address {address!r}")
-        handler, nursery = entry
-        client, server = MemoryStream.pair(self.buffer_bytes)
-        nursery.start_soon(_run_handler, handler, _nothing_to_prepare, server)
-        await trio.lowlevel.checkpoint()
-        return client
-
-    async def serve(
-        self,
-        address: str,
-        handler: StreamHandler,
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        name = address or f"mem-{next(self._names)}"
-        if name in self._servers:
-            raise AddressError(f"memory address {name!r} is already in use")
-        async with trio.open_nursery() as nursery:
-            self._servers[name] = (handler, nursery)
-            try:
-                task_status.started(name)
-                await trio.sleep_forever()
-            finally:
-                del self._servers[name]
 
 
 # --- messages over a stream --------------------------------------------------------------------
