@@ -1,4 +1,7 @@
-"""The only module that imports MXNet: build a Gluon net from a spec, move flat vectors, train.
+"""The Gluon model: build a net from a spec, move flat vectors, train, evaluate.
+
+MXNet is imported only here and in the helpers this module uses (``batches``: mini-batches as
+NDArrays; ``per_example``: clipped per-example gradients for DP-SGD).
 
 Many peers of one process share one :class:`GluonModel` and swap flat float32 vectors in and out
 (copying all parameters is far cheaper than one training step), so a peer's state is just a
@@ -27,6 +30,8 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn, rnn
 
 from ringfl.errors import SpecError
+from ringfl.model.batches import batch_range, minibatches
+from ringfl.model.per_example import dense_chain, dense_clipped_sums, looped_clipped_sums
 from ringfl.model.spec import LayerInfo, ModelSpec
 
 _ENGINE_BANNER = b"MXNet start using engine:"
@@ -254,7 +259,7 @@ class GluonModel:
         Momentum buffers live only for this call: peers sharing the net must not share them.
         """
         rng = np.random.default_rng(seed)
-        return self._fit(params, _batches(x, y, batch_size, epochs, steps, rng),
+        return self._fit(params, minibatches(x, y, batch_size, epochs, steps, rng),
                          lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
 
     def train_steps(
@@ -276,7 +281,7 @@ class GluonModel:
         every k batches, so they train an epoch in slices and the slices must continue one shuffle.
         Consecutive slices give exactly the parameters of one ``train`` call (without momentum)."""
         rng = np.random.default_rng(seed)
-        return self._fit(params, _batch_range(x, y, batch_size, start, steps, rng),
+        return self._fit(params, batch_range(x, y, batch_size, start, steps, rng),
                          lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
 
     def _fit(self, params: np.ndarray, batches: Any, *, lr: float, momentum: float,
@@ -313,7 +318,7 @@ class GluonModel:
         self.set_flat(params)
         total = np.zeros(self.num_params, dtype=np.float32)
         trainable = {id(p) for p in self._trainable}
-        for xb, yb in _batches(x, y, batch_size, 1, None, None):
+        for xb, yb in minibatches(x, y, batch_size, 1, None, None):
             with autograd.record():
                 loss = self._net_with_loss(xb, yb)
             loss.backward()
@@ -386,12 +391,13 @@ class GluonModel:
         self._check_per_example()
         self.set_flat(params)
         xb, yb = nd.array(x, dtype="float32"), nd.array(y, dtype="float32")
-        if method == "loop" or (method == "auto" and self._dense_chain() is None):
-            sums, norms = self._looped_sums(xb, yb, clip)[:2]
+        chain = dense_chain(self.net)
+        if method == "loop" or (method == "auto" and chain is None):
+            sums, norms = looped_clipped_sums(self.net, self.loss_fn, self._trainable, xb, yb, clip)[:2]
         elif method in ("dense", "auto"):
-            if self._dense_chain() is None:
+            if chain is None:
                 raise SpecError("the vectorised per-example path needs a net of Dense layers")
-            sums, norms = self._dense_sums(xb, yb, clip)[:2]
+            sums, norms = dense_clipped_sums(chain, self.loss_fn, self._trainable, xb, yb, clip)[:2]
         else:
             raise ValueError(f"method must be auto, dense or loop, got {method!r}")
         flat = np.zeros(self.num_params, dtype=np.float32)
@@ -406,78 +412,10 @@ class GluonModel:
                             "batch; use a model without batchnorm layers")
 
     def _clipped_sums(self, xb: Any, yb: Any, clip: float) -> tuple[list[Any], Any, Any]:
-        if self._dense_chain() is not None:
-            return self._dense_sums(xb, yb, clip)
-        return self._looped_sums(xb, yb, clip)
-
-    def _dense_chain(self) -> list[Any] | None:
-        """The net's blocks when every block with parameters is a Dense layer, else None."""
-        if not isinstance(self.net, nn.HybridSequential):
-            return None
-        blocks = list(self.net._children.values())
-        for block in blocks:
-            if not isinstance(block, nn.Dense) and block.collect_params():
-                return None
-        return blocks
-
-    def _dense_sums(self, xb: Any, yb: Any, clip: float) -> tuple[list[Any], Any, Any]:
-        """Clipped per-example gradient sums of a Dense-only net from one forward and one backward.
-
-        A zero "probe" e_l is added to each pre-activation z_l, so the backward of the summed loss
-        leaves δ_l[i] = ∂L_i/∂z_l[i] in e_l.grad for every example i. Example i's weight gradient
-        is the outer product δ_l[i] a_l[i]ᵀ, with squared norm ||a_l[i]||²·||δ_l[i]||² (plus
-        ||δ_l[i]||² for the bias), and the clipped sum is (c ⊙ δ_l)ᵀ a_l with
-        c_i = min(1, C/||g_i||) — exact, with no per-example loop and no per-example gradient stored.
-        """
-        chain = self._dense_chain()
-        assert chain is not None
-        probes: list[tuple[Any, Any, Any]] = []
-        with autograd.record():
-            h = xb
-            for block in chain:
-                if not isinstance(block, nn.Dense):
-                    h = block(h)
-                    continue
-                a = h.reshape((0, -1))
-                probe = nd.zeros((a.shape[0], block._units))
-                probe.attach_grad()
-                bias = block.bias.data().detach() if block.bias is not None else None
-                z = nd.FullyConnected(a, block.weight.data().detach(), bias, no_bias=bias is None,
-                                      num_hidden=block._units) + probe
-                probes.append((block, a, probe))
-                h = block.act(z) if block.act is not None else z
-            loss = self.loss_fn(h, yb)
-        loss.backward()
-        squares = nd.zeros(xb.shape[0])
-        for block, a, probe in probes:
-            d2 = nd.sum(nd.square(probe.grad), axis=1)
-            squares = squares + nd.sum(nd.square(a), axis=1) * d2 + (d2 if block.bias is not None else 0)
-        norms = nd.sqrt(squares)
-        factor = (clip / nd.maximum(norms, clip)).reshape((-1, 1))
-        sums: dict[str, Any] = {}
-        for block, a, probe in probes:
-            scaled = probe.grad * factor
-            sums[block.weight.name] = nd.dot(scaled, a, transpose_a=True)
-            if block.bias is not None:
-                sums[block.bias.name] = nd.sum(scaled, axis=0)
-        return [sums[p.name] for p in self._trainable], norms, loss.sum()
-
-    def _looped_sums(self, xb: Any, yb: Any, clip: float) -> tuple[list[Any], Any, Any]:
-        """The exact fallback for any layer (conv, recurrent, custom): one backward per example."""
-        sums = [nd.zeros(p.shape) for p in self._trainable]
-        norms, losses = [], []
-        for i in range(xb.shape[0]):
-            with autograd.record():
-                loss = self.loss_fn(self.net(xb[i : i + 1]), yb[i : i + 1])
-            loss.backward()
-            grads = [p.grad() for p in self._trainable]
-            norm = nd.sqrt(nd.add_n(*[nd.sum(nd.square(g)) for g in grads]))
-            factor = clip / nd.maximum(norm, clip)
-            for total, grad in zip(sums, grads):
-                total += grad * factor
-            norms.append(norm)
-            losses.append(loss.sum())
-        return sums, nd.concat(*norms, dim=0), nd.add_n(*losses)
+        chain = dense_chain(self.net)
+        if chain is not None:
+            return dense_clipped_sums(chain, self.loss_fn, self._trainable, xb, yb, clip)
+        return looped_clipped_sums(self.net, self.loss_fn, self._trainable, xb, yb, clip)
 
     def logits(self, params: np.ndarray, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Class scores (N, classes) of ``params`` on ``x``, as float32 numpy (membership audits)."""
@@ -490,7 +428,7 @@ class GluonModel:
         """(mean loss, accuracy) of ``params`` on (x, y)."""
         self.set_flat(params)
         losses, hits = [], []
-        for xb, yb in _batches(x, y, batch_size, 1, None, None):
+        for xb, yb in minibatches(x, y, batch_size, 1, None, None):
             out = self.net(xb)
             losses.append(self.loss_fn(out, yb).sum())
             hits.append((out.argmax(axis=1) == yb.astype("float32")).sum())
@@ -498,67 +436,3 @@ class GluonModel:
             return 0.0, 0.0
         count = len(y)
         return float(nd.add_n(*losses).asscalar()) / count, float(nd.add_n(*hits).asscalar()) / count
-
-
-class _ShuffleBuffer:
-    """One reusable float32 array for the shuffled copy of a training set.
-
-    A fresh ``x[order]`` per epoch is a large allocation that glibc serves with mmap, so every
-    epoch paid thousands of page faults zeroing it (measured: the first rounds of ten peer
-    processes on two cores ran 30 % slower until glibc raised its threshold)."""
-
-    def __init__(self) -> None:
-        self._array = np.empty(0, np.float32)
-
-    def shuffled(self, x: np.ndarray, order: np.ndarray) -> np.ndarray:
-        size = len(order) * math.prod(x.shape[1:])
-        if self._array.size < size:
-            self._array = np.empty(size, np.float32)
-        out = self._array[:size].reshape((len(order), *x.shape[1:]))
-        np.take(np.asarray(x, dtype=np.float32), order, axis=0, out=out)
-        return out
-
-
-_SHUFFLE = _ShuffleBuffer()  # the model runs on one MXNet thread, so one buffer serves all peers
-
-
-def _batch_range(x: np.ndarray, y: np.ndarray, batch_size: int, start: int, steps: int,
-                 rng: np.random.Generator) -> Any:
-    """Batches ``start .. start + steps - 1`` of the shuffled epochs :func:`_batches` yields for the
-    same ``rng``; only those rows are gathered (an exchange every batch must not copy the shard)."""
-    if batch_size < 1 or start < 0 or steps < 0:
-        raise ValueError("batch_size must be >= 1, start and steps >= 0")
-    n = len(y)
-    if n == 0:
-        return
-    per_epoch = math.ceil(n / batch_size)
-    epoch, order = -1, np.zeros(0, np.int64)
-    for batch in range(start, start + steps):
-        wanted, i = divmod(batch, per_epoch)
-        while epoch < wanted:  # the same permutations, in the same order, as _batches draws
-            order, epoch = rng.permutation(n), epoch + 1
-        rows = order[i * batch_size : (i + 1) * batch_size]
-        yield nd.array(np.asarray(x[rows], dtype=np.float32)), nd.array(y[rows], dtype="float32")
-
-
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, steps: int | None,
-             rng: np.random.Generator | None) -> Any:
-    """Mini-batches as NDArrays; shuffled per epoch when ``rng`` is given; ``steps`` caps the count."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    n, done = len(y), 0
-    if n == 0:
-        return
-    rounds = epochs if steps is None else math.ceil(steps * batch_size / n) + 1
-    for _ in range(rounds):
-        if rng is not None:
-            order = rng.permutation(n)
-            xs = nd.array(_SHUFFLE.shuffled(x, order), dtype="float32")
-            ys = nd.array(y[order], dtype="float32")
-        else:
-            xs, ys = nd.array(x, dtype="float32"), nd.array(y, dtype="float32")
-        for start in range(0, n, batch_size):
-            if steps is not None and done >= steps:
-                return
-            yield xs[start : start + batch_size], ys[start : start + batch_size]
-            done += 1

@@ -108,7 +108,7 @@ class Model:
 
 
 def _build(spec: ModelSpec) -> Any:
-    from ringfl.model.gluon import GluonModel  # the one place MXNet is imported
+    from ringfl.model.gluon import GluonModel  # MXNet is imported only here, on first use
 
     return GluonModel(spec)
 
