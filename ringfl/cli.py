@@ -174,7 +174,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         return _stopped(server, stop, hint=_resume_hint(out, ring=bool(config.topology)))
     printer.finish(summary, out)
     if out is not None:  # what an experiment writes for one setting
-        from ringfl.run_report import write_run_report
+        from ringfl.experiments.run_report import write_run_report
 
         write_run_report(out, config, server.history, summary)
         print(f"report: {out / 'report.md'} (plots in {out / 'plots'})")
@@ -302,7 +302,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     """A grid of settings with the centralized and standalone reference lines (docs/experiments.md)."""
-    from ringfl.experiment import flags_experiment, load_experiment, plan, run_experiment
+    from ringfl.experiments.plan import flags_experiment, load_experiment, plan, run_experiment
 
     _setup_logging(args)
     flags = {"topology": args.topology, "peers": args.peers, "rounds": args.rounds, "data": args.data,

@@ -235,8 +235,8 @@ async def test_dp_sgd_under_the_other_coordinator_algorithms(algorithm):
 def test_experiment_summary_shows_dp_sgd_epsilon_and_the_audit_side_by_side(tmp_path):
     import csv
 
-    from ringfl import experiment as exp
-    from ringfl.report import read_results
+    from ringfl.experiments import plan as exp
+    from ringfl.experiments.report import read_results
 
     experiment = exp.plan({"base": {"rounds": 2, "peers": 2, "training": {
         "lr": 0.5, "batch_size": 32, "privacy": {"mechanism": "dp-sgd", "target_epsilon": 2.0}}},

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ringfl import experiment as exp
 from ringfl.cli import main
 from ringfl.config import read_mapping
 from ringfl.errors import ConfigError, RingflError
-from ringfl.report import SUMMARY_COLUMNS, read_results
+from ringfl.experiments import plan as exp
+from ringfl.experiments.report import SUMMARY_COLUMNS, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke-digits.yaml"

@@ -7,7 +7,7 @@ import json
 import pytest
 from rich.console import Console
 
-from ringfl.report import (
+from ringfl.experiments.report import (
     SUMMARY_COLUMNS,
     PeerRecord,
     RoundRecord,
@@ -117,7 +117,7 @@ def test_half_written_setting_is_not_complete_and_not_read(tmp_path, results):
 
 def test_overwrite_interrupted_midway_is_not_complete(tmp_path, results, monkeypatch):
     """The old marker must not vouch for new, partly written records."""
-    import ringfl.report as report
+    import ringfl.experiments.report as report
 
     write_result(tmp_path, results[0])
 
@@ -243,7 +243,7 @@ def test_print_summary_renders_a_row_per_setting(results):
 def test_accuracy_vs_peers_draws_one_line_per_setting_across_peer_counts(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from ringfl.report import plot_accuracy_vs_peers
+    from ringfl.experiments.report import plot_accuracy_vs_peers
 
     drawn = []
     original = Axes.plot

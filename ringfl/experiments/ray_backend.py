@@ -38,10 +38,10 @@ import trio  # noqa: E402
 import yaml  # noqa: E402
 from ray.exceptions import RayError  # noqa: E402
 
-from ringfl import experiment as exp  # noqa: E402
 from ringfl.errors import ConfigError, RingflError  # noqa: E402
+from ringfl.experiments import plan as exp  # noqa: E402
+from ringfl.experiments.report import PeerRecord, RoundRecord, Setting, SettingResult  # noqa: E402
 from ringfl.launch import run_peer_processes  # noqa: E402
-from ringfl.report import PeerRecord, RoundRecord, Setting, SettingResult  # noqa: E402
 
 RAY_KEYS = ("num_cpus", "peer_num_cpus", "max_retries")
 

@@ -46,12 +46,7 @@ from ringfl.config import RunConfig, parse_config, read_mapping
 from ringfl.coordinator import Coordinator, PeerSession
 from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
 from ringfl.errors import ConfigError, RingflError, TopologyError
-from ringfl.launch import child_env, peer_command, run_peer_processes, serve_until_done
-from ringfl.model import ModelSpec, load_spec
-from ringfl.model.runtime import shared_model
-from ringfl.peer import Peer, PeerData, PeerOptions, load_peer_data
-from ringfl.protocol import PeerReport
-from ringfl.report import (
+from ringfl.experiments.report import (
     PeerRecord,
     RoundRecord,
     Setting,
@@ -63,6 +58,11 @@ from ringfl.report import (
     write_all,
     write_result,
 )
+from ringfl.launch import child_env, peer_command, run_peer_processes, serve_until_done
+from ringfl.model import ModelSpec, load_spec
+from ringfl.model.runtime import shared_model
+from ringfl.peer import Peer, PeerData, PeerOptions, load_peer_data
+from ringfl.protocol import PeerReport
 from ringfl.ring import Bootstrap, RingPeer
 from ringfl.topology import Topology, from_mapping, generate, load_topology, plot
 from ringfl.transport import MemoryNetwork, Network, TcpNetwork
@@ -581,7 +581,7 @@ def make_backend(name: str, jobs: int, address: str | None, experiment: Experime
         raise ConfigError("--jobs is for the local backend; on Ray set ray: {num_cpus: N} in the "
                           "experiment file (settings run as the cluster's CPUs allow)")
     try:
-        from ringfl.experiment_ray import RayBackend
+        from ringfl.experiments.ray_backend import RayBackend
     except ImportError as exc:
         raise ConfigError(f"--backend ray needs Ray ({exc}): pip install -e '.[ray]'") from None
     return RayBackend.from_experiment(experiment, address)

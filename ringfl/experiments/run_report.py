@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ringfl.config import RunConfig
-from ringfl.report import RoundRecord, Setting, SettingResult, write_all
+from ringfl.experiments.report import RoundRecord, Setting, SettingResult, write_all
 
 
 def run_result(config: RunConfig, history: list[dict[str, Any]], summary: dict[str, Any]) -> SettingResult:
