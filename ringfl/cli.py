@@ -302,7 +302,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     """A grid of settings with the centralized and standalone reference lines (docs/experiments.md)."""
-    from ringfl.experiments.plan import flags_experiment, load_experiment, plan, run_experiment
+    from ringfl.experiments.plan import flags_experiment, load_experiment, plan
+    from ringfl.experiments.run import run_experiment
 
     _setup_logging(args)
     flags = {"topology": args.topology, "peers": args.peers, "rounds": args.rounds, "data": args.data,

@@ -20,7 +20,7 @@ from ringfl.cli import main  # noqa: E402
 from ringfl.errors import ConfigError  # noqa: E402
 from ringfl.experiments import plan as exp  # noqa: E402
 from ringfl.experiments.ray_backend import LocalCluster, RayBackend, from_record, to_record  # noqa: E402
-from ringfl.experiments.report import read_results  # noqa: E402
+from ringfl.experiments.results import read_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke-digits.yaml"
