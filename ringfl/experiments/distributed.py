@@ -51,7 +51,7 @@ class ReportingCoordinator(Coordinator):
 
 
 async def run_coordinator(run: Run, transport: str, tracker: Tracker, started: float,
-                       audit: dict[str, int] | None = None) -> SettingResult:
+                          audit: dict[str, int] | None = None) -> SettingResult:
     config = _serving(run.config, transport)
     network = _network(transport)
     server = ReportingCoordinator(config, network)
@@ -62,7 +62,7 @@ async def run_coordinator(run: Run, transport: str, tracker: Tracker, started: f
     key = run.setting.key
     rounds = [
         round_record(key, r["round"], [r["accuracy"]], [r["loss"]], r["bytes_in"] + r["bytes_out"],
-               r.get("epsilon_spent"), started)
+                     r.get("epsilon_spent"), started)
         for r in server.history
     ]
     global_model = {r.round: r for r in rounds}
@@ -86,7 +86,7 @@ async def run_coordinator(run: Run, transport: str, tracker: Tracker, started: f
 
 
 async def run_ring(run: Run, out: Path, transport: str, eval_samples: int | None, tracker: Tracker,
-                started: float) -> SettingResult:
+                   started: float) -> SettingResult:
     assert run.topology is not None
     config = _serving(run.config, transport)
     network = _network(transport)

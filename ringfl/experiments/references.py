@@ -52,7 +52,7 @@ def run_standalone(run: Run, tracker: Tracker, started: float) -> SettingResult:
                         on_epoch=on_epoch)
     rounds = [initial_round(run, started)] + [
         round_record(key, r, [p.accuracy for p in peers if p.round == r], [p.loss for p in peers if p.round == r],
-               0, None, started)
+                     0, None, started)
         for r in range(1, config.rounds + 1)
     ]
     return SettingResult(run.setting, rounds, peers, time.perf_counter() - started, len(run.sampled_peers))
@@ -80,7 +80,7 @@ def initial_round(run: Run, started: float) -> RoundRecord:
 
 
 def round_record(key: str, round_: int, accuracies: Sequence[float], losses: Sequence[float],
-           bytes_total: int, epsilon: float | None, started: float) -> RoundRecord:
+                 bytes_total: int, epsilon: float | None, started: float) -> RoundRecord:
     return RoundRecord(
         setting=key, round=round_, accuracy=_mean(accuracies), min_accuracy=min(accuracies, default=math.nan),
         max_accuracy=max(accuracies, default=math.nan), loss=_mean(losses), bytes_total=int(bytes_total),

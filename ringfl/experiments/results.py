@@ -3,7 +3,8 @@
 Every setting of a grid is stored in its own folder whose ``setting.json`` says ``"complete": true``
 only after its records are on disk, so an interrupted experiment keeps each finished setting and a
 re-run skips it (:func:`is_complete`). Everything else (CSV, Markdown, PNGs, the terminal table) is
-derived from those folders by :func:`ringfl.experiments.report.write_all` and can be regenerated at any time.
+derived from those folders by :func:`ringfl.experiments.report.write_all` and can be regenerated
+at any time.
 
 Layout under an experiment's output folder::
 

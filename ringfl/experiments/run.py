@@ -37,7 +37,7 @@ from ringfl.topology import plot
 
 TRANSPORTS = ("memory", "tcp")
 BACKENDS = ("local", "ray")
-CONFIG_FILE = "config.json"  # the resolved configuration, beside report's setting.json
+CONFIG_FILE = "config.json"  # the resolved configuration, beside results' setting.json
 COPY_FILE = "experiment.yaml"  # the experiment as run, in the output folder
 
 

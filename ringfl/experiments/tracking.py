@@ -53,7 +53,7 @@ class ProgressBar:
 
 
 class JsonLines:
-    """A worker's progress, one JSON object per line on stdout, read by :func:`ringfl.experiments.run._run_workers`."""
+    """A worker's progress, one JSON object per line on stdout, read by its parent (run.py)."""
 
     def __init__(self) -> None:
         self.key = ""
