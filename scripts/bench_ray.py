@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--engine", default="ThreadedEnginePerDevice", help="MXNET_ENGINE_TYPE for both backends")
     args = parser.parse_args()
     os.environ["MXNET_ENGINE_TYPE"] = args.engine  # before the cluster starts: its workers inherit it
-    from ringfl.experiment_ray import LocalCluster
+    from ringfl.experiments.ray_backend import LocalCluster
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

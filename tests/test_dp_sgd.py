@@ -235,13 +235,14 @@ async def test_dp_sgd_under_the_other_coordinator_algorithms(algorithm):
 def test_experiment_summary_shows_dp_sgd_epsilon_and_the_audit_side_by_side(tmp_path):
     import csv
 
-    from ringfl import experiment as exp
-    from ringfl.report import read_results
+    from ringfl.experiments import plan as exp
+    from ringfl.experiments.results import read_results
+    from ringfl.experiments.run import run_experiment
 
     experiment = exp.plan({"base": {"rounds": 2, "peers": 2, "training": {
         "lr": 0.5, "batch_size": 32, "privacy": {"mechanism": "dp-sgd", "target_epsilon": 2.0}}},
         "grid": {"algorithm": ["fedavg"]}, "standalone_peers": 1, "audit": {"shadows": 2, "members": 50}})
-    exp.run_experiment(experiment, tmp_path)
+    run_experiment(experiment, tmp_path)
     with open(tmp_path / "summary.csv", newline="") as handle:
         rows = {row["mode"]: row for row in csv.DictReader(handle)}
     assert 1.9 < float(rows["coordinator"]["epsilon_composed"]) <= 2.0

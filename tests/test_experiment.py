@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from ringfl import experiment as exp
 from ringfl.cli import main
 from ringfl.config import read_mapping
 from ringfl.errors import ConfigError, RingflError
-from ringfl.report import SUMMARY_COLUMNS, read_results
+from ringfl.experiments import distributed
+from ringfl.experiments import plan as exp
+from ringfl.experiments import run as runner
+from ringfl.experiments.results import SUMMARY_COLUMNS, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke-digits.yaml"
@@ -160,19 +162,19 @@ def test_rerun_skips_finished_settings(smoke, capsys):
 def test_a_changed_base_is_not_taken_for_finished(smoke):
     data = read_mapping(SMOKE)
     changed = exp.plan({**data, "base": {**data["base"], "training": {"lr": 0.05}}})
-    assert not any(exp.finished(smoke, run) for run in changed.runs)
-    assert all(exp.finished(smoke, run) for run in exp.load_experiment(SMOKE).runs)
+    assert not any(runner.finished(smoke, run) for run in changed.runs)
+    assert all(runner.finished(smoke, run) for run in exp.load_experiment(SMOKE).runs)
 
 
 def test_interrupt_keeps_finished_settings(tmp_path, monkeypatch, capsys):
-    real = exp.run_setting
+    real = runner.run_setting
 
     def interrupted(run, *args, **kwargs):
         if run.mode == "ring":
             raise KeyboardInterrupt
         return real(run, *args, **kwargs)
 
-    monkeypatch.setattr(exp, "run_setting", interrupted)
+    monkeypatch.setattr(runner, "run_setting", interrupted)
     assert main(["experiment", str(SMOKE), "--out", str(tmp_path)]) == 130
     modes = sorted(row["mode"] for row in _summary(tmp_path))
     assert modes == ["centralized", "coordinator", "standalone"]
@@ -234,4 +236,4 @@ async def test_a_hanging_setting_gives_up_after_its_deadline():
 
     run = exp.plan({"base": {"join_timeout": 0.1, "round_timeout": 0.1, "rounds": 1}}).runs[-1]
     with pytest.raises(RingflError, match="did not finish within 0 s"):
-        await exp._within_deadline(run, trio.sleep(30))
+        await distributed._within_deadline(run, trio.sleep(30))

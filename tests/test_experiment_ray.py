@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ringfl import experiment as exp  # noqa: E402
 from ringfl.cli import main  # noqa: E402
 from ringfl.errors import ConfigError  # noqa: E402
-from ringfl.experiment_ray import LocalCluster, RayBackend, from_record, to_record  # noqa: E402
-from ringfl.report import read_results  # noqa: E402
+from ringfl.experiments import plan as exp  # noqa: E402
+from ringfl.experiments.ray_backend import LocalCluster, RayBackend, from_record, to_record  # noqa: E402
+from ringfl.experiments.results import read_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke-digits.yaml"
@@ -161,7 +161,7 @@ def test_ctrl_c_keeps_finished_settings_and_a_rerun_completes(cluster, local_smo
 
 def _running_setting(cluster: LocalCluster, node: int) -> bool:
     """Is a setting task executing on ``node`` right now (Ray titles its worker process so)?"""
-    from ringfl.experiment_ray import _descendants
+    from ringfl.experiments.ray_backend import _descendants
 
     for pid in _descendants(cluster.processes[node].pid):
         try:

@@ -7,20 +7,18 @@ import json
 import pytest
 from rich.console import Console
 
-from ringfl.report import (
+from ringfl.experiments.labels import legend_labels
+from ringfl.experiments.report import print_summary, write_all, write_summary_csv
+from ringfl.experiments.results import (
     SUMMARY_COLUMNS,
     PeerRecord,
     RoundRecord,
     Setting,
     SettingResult,
     is_complete,
-    legend_labels,
-    print_summary,
     read_results,
     setting_dir,
-    write_all,
     write_result,
-    write_summary_csv,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -117,14 +115,14 @@ def test_half_written_setting_is_not_complete_and_not_read(tmp_path, results):
 
 def test_overwrite_interrupted_midway_is_not_complete(tmp_path, results, monkeypatch):
     """The old marker must not vouch for new, partly written records."""
-    import ringfl.report as report
+    import ringfl.experiments.results as results_module
 
     write_result(tmp_path, results[0])
 
     def crash(path, records):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "write_jsonl", crash)
+    monkeypatch.setattr(results_module, "write_jsonl", crash)
     with pytest.raises(KeyboardInterrupt):
         write_result(tmp_path, results[0])
     assert not is_complete(tmp_path, results[0].setting)
@@ -243,7 +241,7 @@ def test_print_summary_renders_a_row_per_setting(results):
 def test_accuracy_vs_peers_draws_one_line_per_setting_across_peer_counts(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from ringfl.report import plot_accuracy_vs_peers
+    from ringfl.experiments.plots import plot_accuracy_vs_peers
 
     drawn = []
     original = Axes.plot

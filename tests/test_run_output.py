@@ -8,8 +8,8 @@ import io
 from rich.console import Console
 
 from ringfl.config import RunConfig
+from ringfl.experiments.run_report import write_run_report
 from ringfl.progress import PeerPrinter
-from ringfl.run_report import write_run_report
 
 
 def _line(metrics: dict) -> str:

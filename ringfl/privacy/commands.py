@@ -1,4 +1,4 @@
-"""``ringfl privacy plan`` and ``ringfl audit``: the parsers and handlers (cli.py only registers them)."""
+"""``ringfl privacy plan`` and ``ringfl audit``: the parsers and handlers (ringfl.cli only registers them)."""
 
 from __future__ import annotations
 

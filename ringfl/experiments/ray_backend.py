@@ -4,8 +4,8 @@ The only module that imports Ray. What travels is configuration, as plain JSON-a
 serialises task arguments and results with cloudpickle, so nothing else is handed to it): a task
 gets the experiment file as run, the working directory and the setting's key, re-plans the
 experiment on its node exactly as a ``--jobs`` worker does, runs the setting through the same
-:func:`ringfl.experiment.run_setting` entry point and returns its records as dicts; this process
-stores them like the local backend (:func:`ringfl.experiment.store_result`), one as it finishes.
+:func:`ringfl.experiments.run.run_setting` entry point and returns its records as dicts; this process
+stores them like the local backend (:func:`ringfl.experiments.run.store_result`), one as it finishes.
 Every node reads the data source and topology files itself.
 
 With ``--transport tcp`` each ``ringfl peer`` of a setting is a Ray task of its own, spread over
@@ -38,10 +38,13 @@ import trio  # noqa: E402
 import yaml  # noqa: E402
 from ray.exceptions import RayError  # noqa: E402
 
-from ringfl import experiment as exp  # noqa: E402
 from ringfl.errors import ConfigError, RingflError  # noqa: E402
+from ringfl.experiments import distributed  # noqa: E402
+from ringfl.experiments.plan import Experiment, Run, plan  # noqa: E402
+from ringfl.experiments.results import PeerRecord, RoundRecord, Setting, SettingResult  # noqa: E402
+from ringfl.experiments.run import run_setting, store_result  # noqa: E402
+from ringfl.experiments.tracking import ProgressBar  # noqa: E402
 from ringfl.launch import run_peer_processes  # noqa: E402
-from ringfl.report import PeerRecord, RoundRecord, Setting, SettingResult  # noqa: E402
 
 RAY_KEYS = ("num_cpus", "peer_num_cpus", "max_retries")
 
@@ -58,7 +61,7 @@ class RayBackend:
     max_retries: int = 0
 
     @classmethod
-    def from_experiment(cls, experiment: exp.Experiment, address: str | None) -> RayBackend:
+    def from_experiment(cls, experiment: Experiment, address: str | None) -> RayBackend:
         """The backend for ``address`` with the experiment file's ``ray:`` options, checked."""
         options = experiment.ray
         unknown = sorted(set(options) - set(RAY_KEYS))
@@ -69,8 +72,8 @@ class RayBackend:
             raise ConfigError("ray.num_cpus: a setting task needs more than 0 CPUs")
         return cls(address, **values)
 
-    def run(self, experiment: exp.Experiment, out: Path, transport: str, pending: Sequence[exp.Run],
-            bar: exp.ProgressBar) -> None:
+    def run(self, experiment: Experiment, out: Path, transport: str, pending: Sequence[Run],
+            bar: ProgressBar) -> None:
         if not pending:
             return
         connected = _connect(self.address)
@@ -79,7 +82,7 @@ class RayBackend:
         task = _setting_task.options(num_cpus=self.num_cpus, max_retries=self.max_retries,
                                      retry_exceptions=False)
         running = {task.remote({**job, "key": run.setting.key, "resolved": run.resolved()}): run for run in pending}
-        failed: list[tuple[exp.Run, str]] = []
+        failed: list[tuple[Run, str]] = []
         try:
             while running:
                 [ref], _ = ray.wait(list(running), num_returns=1)
@@ -90,7 +93,7 @@ class RayBackend:
                     failed.append((run, _reason(exc)))
                     bar.console.print(f"failed {run.setting.label}: {failed[-1][1]}", soft_wrap=True, markup=False)
                     continue
-                exp.store_result(out, run, result)
+                store_result(out, run, result)
                 bar.begin(run)
                 bar.advance(run.config.rounds, result.final.accuracy if result.final else None)
                 bar.finish(run, result)
@@ -182,24 +185,24 @@ def from_record(record: Mapping[str, Any]) -> SettingResult:
 def _setting_task(job: dict[str, Any]) -> dict[str, Any]:
     """Run one setting on this node and return its records."""
     run = _planned(job)
-    placement = exp.Placement(host=ray.util.get_node_ip_address(),
-                              start_peers=partial(_ray_peers, num_cpus=job["peer_num_cpus"]))
-    token = exp.PLACEMENT.set(placement)
+    placement = distributed.Placement(host=ray.util.get_node_ip_address(),
+                                      start_peers=partial(_ray_peers, num_cpus=job["peer_num_cpus"]))
+    token = distributed.PLACEMENT.set(placement)  # through the module: Ray pickles this task's globals
     try:
         with tempfile.TemporaryDirectory(prefix="ringfl-setting-") as scratch:  # tcp: generated topologies
-            result = exp.run_setting(run, Path(scratch), transport=job["transport"],
-                                     eval_samples=job["eval_samples"], audit=job["audit"])
+            result = run_setting(run, Path(scratch), transport=job["transport"],
+                                 eval_samples=job["eval_samples"], audit=job["audit"])
     finally:
-        exp.PLACEMENT.reset(token)
+        distributed.PLACEMENT.reset(token)
     return to_record(result)
 
 
-def _planned(job: Mapping[str, Any]) -> exp.Run:
+def _planned(job: Mapping[str, Any]) -> Run:
     """The job's setting, planned here from the experiment file as the driver planned it
     (relative topology paths resolve against the driver's directory when this node has it)."""
     if os.path.isdir(job["cwd"]):
         os.chdir(job["cwd"])
-    experiment = exp.plan(yaml.safe_load(job["source"]), where="experiment (on a Ray node)")
+    experiment = plan(yaml.safe_load(job["source"]), where="experiment (on a Ray node)")
     run = next((r for r in experiment.runs if r.setting.key == job["key"]), None)
     if run is None or run.resolved() != job["resolved"]:
         raise RingflError(f"setting {job['key']} resolves differently on node {ray.util.get_node_ip_address()} "

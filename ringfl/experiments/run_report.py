@@ -1,8 +1,8 @@
 """One coordinator or bootstrap run as the experiments report it: summary.csv, report.md and the
 plots, from the run's per-round records (``ringfl coordinator --out``).
 
-The run becomes one :class:`~ringfl.report.SettingResult`, so the files are exactly what
-``ringfl experiment`` writes for one setting (:func:`ringfl.report.write_all`).
+The run becomes one :class:`~ringfl.experiments.results.SettingResult`, so the files are exactly what
+``ringfl experiment`` writes for one setting (:func:`ringfl.experiments.report.write_all`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ringfl.config import RunConfig
-from ringfl.report import RoundRecord, Setting, SettingResult, write_all
+from ringfl.experiments.report import write_all
+from ringfl.experiments.results import RoundRecord, Setting, SettingResult
 
 
 def run_result(config: RunConfig, history: list[dict[str, Any]], summary: dict[str, Any]) -> SettingResult:

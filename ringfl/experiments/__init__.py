@@ -1,0 +1,1 @@
+"""Topology experiments: grids of settings, their runs, result files, reports and plots."""
