@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,16 +98,15 @@ async def client_handshake(stream: MessageStream, join: JoinRequest, spec_hash: 
 
 
 class Admission(Protocol):
-    """What a server decides during a join: whether to refuse it, what to accept it with
-    (holding its place while it confirms the spec), and whether to keep it after all."""
+    """What a server decides during a join: ``refusal`` (a Reject's reason and detail, or None),
+    ``accepting`` (holds the joiner's place while it confirms the spec; yields the Accept to send)
+    and ``keep`` (after the confirmation: None takes the place for good, else why to close)."""
 
     def refusal(self, join: JoinRequest) -> tuple[int, str] | None: ...
 
-    def accepting(self, join: JoinRequest) -> Any:
-        """A context manager holding the joiner's place; it yields the Accept to send."""
+    def accepting(self, join: JoinRequest) -> AbstractContextManager[Accept]: ...
 
-    def keep(self, join: JoinRequest) -> str | None:
-        """After the spec confirmation: None takes the place for good, else why to close."""
+    def keep(self, join: JoinRequest) -> str | None: ...
 
 
 class OpenAdmission:
