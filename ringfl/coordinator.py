@@ -7,18 +7,16 @@ decision — the seed's "network thread + gradient-processing thread", with back
 of an unbounded queue. A round controller starts rounds, closes them when every selected peer
 answered or the deadline passed with a quorum, evaluates, writes metrics and checkpoints.
 
-The session side (join, spec confirmation, parameter requests) is shared with ring mode's
-bootstrap through :class:`SessionServer`.
+The session side (join, spec confirmation, the receive loop) is shared with ring mode's
+bootstrap through :class:`~ringfl.runtime.session.SessionServer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,37 +28,25 @@ from ringfl.acceptance import AcceptancePolicy, Reason
 from ringfl.algorithms import AlgorithmSettings, make_coordinator_algorithm
 from ringfl.algorithms.base import InvalidUpdate, Update
 from ringfl.checkpoint import load_checkpoint, save_checkpoint
-from ringfl.config import RunConfig, load_token
+from ringfl.config import RunConfig
 from ringfl.data import load_source, prepare
-from ringfl.errors import ConfigError, RunAborted
+from ringfl.errors import ConfigError
 from ringfl.metrics import MetricsLog
-from ringfl.model import ModelSpec, load_spec
+from ringfl.model import load_spec
 from ringfl.model.runtime import Model, shared_model
 from ringfl.privacy.dp_sgd import DpSgdAccounts
 from ringfl.privacy.ledger import PrivacyLedger
 from ringfl.protocol import (
-    Accept,
     Ack,
     AckReason,
-    Connection,
-    EndOfRun,
-    Goodbye,
-    Heartbeat,
-    JoinRequest,
-    Limits,
     Message,
     Params,
     ParamsRequest,
-    PeerReport,
-    Reject,
-    RejectReason,
-    Role,
     RoundStart,
-    SpecConfirm,
-    SpecReply,
     Upload,
 )
-from ringfl.transport import CONNECTION_ERRORS, MessageStream, Network
+from ringfl.runtime.session import PeerSession, SessionServer
+from ringfl.transport import Network
 from ringfl.vectors import scaled
 from ringfl.wal import UpdateLog
 
@@ -76,24 +62,6 @@ ACK_REASON = {
     Reason.NORM_TOO_LARGE: AckReason.POLICY,
 }
 """Wire reason for each acceptance reason; the rest are ``INVALID``. ``detail`` names it exactly."""
-
-
-@dataclass
-class PeerSession:
-    """A joined participant as the coordinator sees it."""
-
-    peer_id: str
-    index: int
-    stream: MessageStream
-    num_samples: int
-    address: str
-    alive: bool = True
-    rounds_done: int = 0
-    ready: bool = False  # the peer loaded its model and data (its "ready" report)
-    scheduled: bool = False  # ring mode: it was given the round schedule
-    last_report: dict[str, Any] = field(default_factory=dict)
-    last_seen: float = field(default_factory=time.time)  # wall clock of its last message (dashboard)
-    rejected: dict[str, int] = field(default_factory=dict)  # its rejected uploads by reason (dashboard)
 
 
 @dataclass
@@ -128,332 +96,9 @@ class PoolStats:
             self.reasons[reason.text] = self.reasons.get(reason.text, 0) + 1
 
 
-class Progress:
-    """A broadcast "something changed" signal: waiters re-check their own condition."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
-
-    async def wait_until(self, condition: Callable[[], bool], deadline: float) -> bool:
-        """Wait until ``condition()`` holds (True) or the trio clock passes ``deadline`` (False)."""
-        while not condition():
-            if trio.current_time() >= deadline:
-                return False
-            with trio.move_on_at(deadline):
-                await self._event.wait()
-        return True
-
-
-class SessionServer:
-    """Joins, spec confirmation and the per-connection receive loop, shared by both modes.
-
-    Subclasses decide what an accepted peer is told (:meth:`accept_info`) and handle the
-    messages of a joined session (:meth:`on_message`).
-    """
-
-    mode = "coordinator"
-
-    def __init__(self, config: RunConfig, network: Network, spec: ModelSpec, num_params: int) -> None:
-        self.config = config
-        self.network = network
-        self.spec = spec
-        self.num_params = num_params
-        self.sessions: dict[str, PeerSession] = {}
-        self.order = config.order  # the coordinator resolves "auto" for its algorithm
-        self.joining: set[str] = set()  # names between their join and their spec reply
-        self.token = load_token(config.token_file)
-        if config.token_per_peer and (self.token is None or self.mode != "coordinator"):
-            raise ConfigError("token_per_peer needs a run token (token_file or $RINGFL_TOKEN) and coordinator "
-                              "mode (ring neighbours prove the run token to each other)")
-        self.indices: dict[str, int] = {}  # peer name -> stable index (partition, topology node)
-        self.pending_indices: set[int] = set()  # held by joins in progress
-        self.progress = Progress()
-        self.closed_bytes = [0, 0]  # (in, out) of sessions that ended
-        self.running = True
-        self.unjoined = 0  # connections between accept and the end of their join
-        self.refused_connections = 0
-        self.on_round: list[Callable[[dict[str, Any]], None]] = []
-
-    # --- accepting ---------------------------------------------------------------------------
-
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        if self.unjoined >= (self.config.max_unjoined or max(self.member_cap(), 64)):  # a flood of idle connections
-            self.refused_connections += 1
-            log.info("refused a connection: %d are still joining (max_unjoined)", self.unjoined)
-            await trio.aclose_forcefully(stream)
-            return
-        self.unjoined += 1  # given back by _join, whatever its outcome
-        # Non-finite values pass the codec here so the acceptance policy can answer with a reason.
-        limits = dataclasses.replace(session_limits(self.num_params, self.config.max_frame), allow_nonfinite=True)
-        conn = Connection(Role.SERVER, local_id="coordinator", run_id=self.config.run_id, limits=limits,
-                          token=self.token, per_peer_tokens=self.config.token_per_peer)
-        messages = MessageStream(stream, conn, timeout=None)
-        session: PeerSession | None = None
-        try:
-            session = await self._join(messages, stream)
-            if session is None:
-                return
-            async for message in messages:
-                session.last_seen = time.time()
-                await self.on_message(session, message)
-        except CONNECTION_ERRORS as exc:
-            log.info("peer %s: connection ended: %s", session.peer_id if session else "?", exc)
-        finally:
-            if session is not None:
-                self._drop(session)
-            await messages.aclose()
-
-    async def _join(self, messages: MessageStream, stream: trio.abc.Stream) -> PeerSession | None:
-        """The join handshake (1001, 1003); None if refused or abandoned."""
-        try:
-            join = await messages.receive(timeout=30.0)
-            if not isinstance(join, JoinRequest):  # the state table allows nothing else first
-                return None
-            return await self._admit(messages, join, tls_identity(stream))
-        finally:
-            self.unjoined -= 1
-
-    async def _admit(self, messages: MessageStream, join: JoinRequest, identity: str | None) -> PeerSession | None:
-        peer_id = join.sender or f"peer-{len(self.indices)}"
-        reason = self.identity_refusal(peer_id, identity) or self.join_refusal(peer_id, join)
-        if reason is not None:
-            await messages.send(Reject(reason=reason[0], detail=reason[1]))
-            log.warning("refused join of %s: %s", peer_id, reason[1])
-            return None
-        self.joining.add(peer_id)  # a second join with this name now waits its turn: refused
-        try:
-            return await self._handshake(messages, join, peer_id)
-        finally:
-            self.joining.discard(peer_id)
-
-    async def _handshake(self, messages: MessageStream, join: JoinRequest, peer_id: str) -> PeerSession | None:
-        index = self.indices.get(peer_id)
-        if index is None:  # recorded only once the peer has proven itself (spec confirmation)
-            index = self._free_index()
-        self.pending_indices.add(index)
-        try:
-            return await self._confirm(messages, PeerSession(peer_id, index, messages, join.num_samples, join.address))
-        finally:
-            self.pending_indices.discard(index)
-
-    def _free_index(self) -> int:
-        """The lowest index nobody holds: an abandoned join gives its index back, so the peers'
-        partitions (index mod peers) stay distinct."""
-        taken = set(self.indices.values()) | self.pending_indices
-        return next(i for i in itertools.count() if i not in taken)
-
-    async def _confirm(self, messages: MessageStream, session: PeerSession) -> PeerSession | None:
-        """1005 → 1003 → 1007: the peer confirms the spec; then it is a member."""
-        peer_id = session.peer_id
-        await messages.send(Accept(num_params=self.num_params, spec_hash=self.spec.hash,
-                                   mode=self.mode, info=self.accept_info(session)))
-        confirm = await messages.receive(timeout=30.0)
-        if not isinstance(confirm, SpecConfirm):
-            return None
-        if self._full(peer_id):  # another new name took the last place while this one joined
-            log.warning("refused join of %s: the run is full (max_members)", peer_id)
-            await messages.aclose(self._full_reason())
-            return None
-        self.indices[peer_id] = session.index  # taken before the next await: the cap holds
-        ok = confirm.spec_hash == self.spec.hash
-        await messages.send(SpecReply(ok=ok, spec_hash=self.spec.hash,
-                                      spec_json="" if ok else self.spec.canonical_json()))
-        self.sessions[peer_id] = session
-        log.info("peer %s joined (index %d)", peer_id, session.index)
-        self.on_join(session)
-        self.progress.notify()
-        return session
-
-    def identity_refusal(self, peer_id: str, identity: str | None) -> tuple[int, str] | None:
-        """Mutual TLS: the certificate names the peer; with an allowlist, only those names join."""
-        tls = self.config.tls
-        if tls.require_client_cert and identity is not None and identity != peer_id:
-            return RejectReason.NOT_ALLOWED, f"certificate is for {identity!r}, not {peer_id!r}"
-        if tls.allow and identity not in tls.allow:
-            return RejectReason.NOT_ALLOWED, f"{identity or peer_id!r} is not on the allowlist"
-        return None
-
-    def join_refusal(self, peer_id: str, join: JoinRequest) -> tuple[int, str] | None:
-        if not self.running:
-            return RejectReason.RUN_ENDED, "the run has ended"
-        old = self.sessions.get(peer_id)
-        if (old is not None and old.alive) or peer_id in self.joining:
-            return RejectReason.DUPLICATE_PEER, f"a peer named {peer_id!r} is already connected"
-        if self._full(peer_id):
-            return RejectReason.RUN_FULL, self._full_reason()
-        return None
-
-    def _full(self, peer_id: str) -> bool:
-        """Only names that completed a join count (with a token: proven), so unauthenticated
-        joins in flight cannot fill the run; checked at the join and again when the name is kept."""
-        return peer_id not in self.indices and len(self.indices) >= self.member_cap()
-
-    def _full_reason(self) -> str:
-        return f"the run admits {self.member_cap()} peer names and has them all (max_members)"
-
-    def _drop(self, session: PeerSession) -> None:
-        if self.sessions.get(session.peer_id) is session:
-            session.alive = False
-            del self.sessions[session.peer_id]
-            self.closed_bytes[0] += session.stream.bytes_received
-            self.closed_bytes[1] += session.stream.bytes_sent
-            log.info("peer %s left", session.peer_id)
-            self.on_leave(session)
-            self.progress.notify()
-
-    # --- hooks ---------------------------------------------------------------------------
-
-    def member_cap(self) -> int:
-        """Distinct peer names admitted over the run: each is remembered (its index is
-        checkpointed), so names minted without end would grow the state without end."""
-        return self.config.max_members or max(4 * self.config.peers, 64)
-
-    def accept_info(self, session: PeerSession) -> dict[str, Any]:
-        """What a joining peer needs besides the spec: hyperparameters, its index, the run shape."""
-        return {**run_description(self.config, session.index), "order": self.order}
-
-    def on_join(self, session: PeerSession) -> None:
-        """Called after a peer joined (before its first message)."""
-
-    def on_leave(self, session: PeerSession) -> None:
-        """Called once when a joined peer's connection ended."""
-
-    async def on_message(self, session: PeerSession, message: Message) -> None:
-        if isinstance(message, PeerReport):
-            session.last_report = dict(message.metrics)
-            if message.metrics.get("ready"):
-                session.ready = True
-                self.progress.notify()
-            self.on_report(session, message)
-        elif isinstance(message, (Heartbeat, Goodbye)):
-            pass
-        elif isinstance(message, SpecConfirm):  # a re-confirmation (state table: ready/waiting -> spec)
-            ok = message.spec_hash == self.spec.hash
-            await session.stream.send(SpecReply(ok=ok, spec_hash=self.spec.hash,
-                                                spec_json="" if ok else self.spec.canonical_json()))
-        else:
-            await self.on_request(session, message)
-
-    def on_report(self, session: PeerSession, report: PeerReport) -> None:
-        """A peer's per-round metrics."""
-
-    async def on_request(self, session: PeerSession, message: Message) -> None:
-        log.info("peer %s sent %s, which this mode does not use", session.peer_id, type(message).__name__)
-
-    # --- shared helpers ------------------------------------------------------------------
-
-    def rounds_done(self) -> int:
-        """Rounds completed so far (what an interruption reports)."""
-        return int(getattr(self, "round", 0))
-
-    def stopped_summary(self, how: str) -> dict[str, Any]:
-        """summary.json of a run stopped by a signal: the usual summary, marked as interrupted."""
-        summary = {**self._summary(), "interrupted": how, "rounds_done": self.rounds_done()}
-        metrics = getattr(self, "metrics", None)
-        if metrics is not None:
-            metrics.write_summary(summary)
-        return summary
-
-    def _summary(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def alive(self) -> list[PeerSession]:
-        return sorted((s for s in self.sessions.values() if s.alive), key=lambda s: s.index)
-
-    def bytes_total(self) -> tuple[int, int]:
-        live_in = sum(s.stream.bytes_received for s in self.sessions.values())
-        live_out = sum(s.stream.bytes_sent for s in self.sessions.values())
-        return self.closed_bytes[0] + live_in, self.closed_bytes[1] + live_out
-
-    async def send_quietly(self, session: PeerSession, message: Message) -> bool:
-        """Send, treating a broken connection as that peer leaving (never the run failing)."""
-        try:
-            await session.stream.send(message, timeout=10.0)
-            return True
-        except CONNECTION_ERRORS as exc:
-            log.info("peer %s unreachable: %s", session.peer_id, exc)
-            self._drop(session)
-            await trio.aclose_forcefully(session.stream.stream)  # a peer that stopped reading is cut off
-            return False
-
-    async def wait_for_peers(self) -> None:
-        """Until ``peers`` are ready, or ``join_timeout`` passed with at least ``min_peers`` ready.
-
-        Ready, not just joined: a peer reports ready once its model is built and its data loaded
-        (seconds on a busy machine), so the first round's deadline is not spent on start-up.
-        """
-        config = self.config
-
-        def ready() -> int:
-            return sum(1 for s in self.alive() if s.ready)
-
-        deadline = trio.current_time() + config.join_timeout
-        await self.progress.wait_until(lambda: ready() >= config.peers, deadline)
-        # Never wait past join_timeout for peers that are not there; joined ones still loading
-        # their model and data get their time, unless they leave too.
-        await self.progress.wait_until(
-            lambda: ready() >= config.min_peers or len(self.alive()) < config.min_peers, math.inf)
-        if ready() < config.min_peers:
-            raise RunAborted(f"only {len(self.alive())} of {config.peers} peer(s) joined within join_timeout "
-                             f"{config.join_timeout:g} s (min_peers {config.min_peers})")
-
-    async def end_run(self, reason: str) -> None:
-        self.running = False
-        await self.broadcast(self.alive(), EndOfRun(reason=reason))
-
-    async def broadcast(self, sessions: list[PeerSession], message: Message) -> None:
-        """Send to all at once: a peer that stopped reading costs one send timeout, not one each."""
-        async with trio.open_nursery() as nursery:
-            for session in sessions:
-                nursery.start_soon(self.send_quietly, session, message)
-
-
-def tls_identity(stream: trio.abc.Stream) -> str | None:
-    """The name in a verified client certificate, if the stream is TLS and the client sent one."""
-    if not isinstance(stream, trio.SSLStream):
-        return None
-    from ringfl.certs import PeerIdentityError, certificate_name
-
-    try:
-        return certificate_name(stream)
-    except PeerIdentityError:
-        return None
-
-
-def session_limits(num_params: int, max_frame: int | None) -> Limits:
-    """Frame limits that follow the model size, unless the config fixes the frame size."""
-    limits = Limits().for_model(num_params)
-    return dataclasses.replace(limits, max_frame=max_frame) if max_frame else limits
-
-
-def run_description(config: RunConfig, index: int) -> dict[str, Any]:
-    """The run as a peer learns it at join (Accept.info) — or, with no bootstrap, from its config."""
-    return {
-        "algorithm": config.algorithm,
-        "settings": AlgorithmSettings.from_mapping(config.algorithm_settings).to_dict(),
-        "training": _plain(config.training),
-        "partition": _plain(config.partition),
-        "rounds": config.rounds,
-        "peers": config.peers,
-        "index": index,
-        "seed": config.seed,
-        "data": config.data,
-        "round_timeout": config.round_timeout,
-        "order": config.order,
-    }
-
-
 def _finite_or_none(value: float) -> float | None:
     """JSON has no infinity: a vacuous bound is written as null."""
     return value if math.isfinite(value) else None
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
 
 
 def _secagg(coordinator: Coordinator) -> Any:

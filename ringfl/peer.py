@@ -17,9 +17,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
@@ -29,7 +29,7 @@ from ringfl.attacks import corrupt
 from ringfl.checkpoint import atomic_write_bytes
 from ringfl.config import PartitionConfig, TrainingConfig, build
 from ringfl.data import DataSplits, clear_cache, kind_params, load_source, peer_indices, prepare
-from ringfl.errors import ConfigError, RingflError
+from ringfl.errors import ConfigError
 from ringfl.metrics import MetricsLog
 from ringfl.model import ModelSpec, load_spec, spec_from_json
 from ringfl.model.runtime import Model, shared_model
@@ -40,21 +40,20 @@ from ringfl.protocol import (
     Ack,
     Connection,
     EndOfRun,
-    Goodbye,
     JoinRequest,
     Message,
     Params,
     ParamsRequest,
     PeerReport,
-    Reject,
     RejectReason,
     RemoteProtocolError,
     Role,
     RoundStart,
-    SpecConfirm,
     SpecReply,
     Upload,
 )
+from ringfl.protocol.payloads import RunDescription
+from ringfl.runtime.session import JoinRefused, client_handshake
 from ringfl.transport import (
     ConnectError,
     MessageStream,
@@ -66,18 +65,7 @@ from ringfl.transport import (
 
 log = logging.getLogger(__name__)
 
-
-class JoinRefused(RingflError):
-    """The coordinator refused this peer (wrong run, duplicate name, run over...)."""
-
-    reason: int | None = None  # the Reject's reason, when it was a Reject
-
-
-class SpecMismatch(JoinRefused):
-    """This peer was configured with another model than the run's."""
-
-    def __init__(self, who: str, theirs: str, ours: str) -> None:
-        super().__init__(f"model mismatch: {who} runs spec {theirs[:16]}, this peer's config says {ours[:16]}")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,7 +106,8 @@ class RunInfo:
     index: int
     seed: int
     data: str
-    info: dict[str, Any] = field(default_factory=dict)
+    round_timeout: float = 60.0
+    order: str = "auto"
 
 
 @dataclass
@@ -177,43 +166,28 @@ class PeerBase:
 
     async def join(self, address: str = "", num_samples: int = 0) -> RunInfo:
         """1001 → Accept, 1003 → SpecReply; loads the model and the peer's data."""
-        try:
-            reply = await self._request_join(JoinRequest(address=address, num_samples=num_samples))
-        except (RemoteProtocolError, PeerError) as exc:  # e.g. a wrong or missing run token
-            raise JoinRefused(f"join failed: {exc}") from None
-        if isinstance(reply, Reject):
-            refused = JoinRefused(f"coordinator refused to let {self.name!r} join: "
-                                  f"{RejectReason(reply.reason).name.lower()} ({reply.detail})")
-            refused.reason = reply.reason
-            raise refused
-        if not isinstance(reply, Accept):
-            raise JoinRefused(f"coordinator answered the join with {type(reply).__name__}")
         local = load_spec(self.options.model) if self.options.model else None
         confirm = local.hash if local is not None else self.options.local_spec_hash
-        await self.stream.send(SpecConfirm(spec_hash=confirm))
-        spec_reply = await self.stream.receive(timeout=60.0)
-        if isinstance(spec_reply, Goodbye):
-            raise JoinRefused(f"coordinator refused to let {self.name!r} join: {spec_reply.reason or 'no reason given'}")
-        if not isinstance(spec_reply, SpecReply):
-            raise JoinRefused(f"coordinator answered the spec confirmation with {type(spec_reply).__name__}")
-        if confirm and not spec_reply.ok:  # our --config names another model: fail, never adopt theirs
-            raise SpecMismatch("the coordinator", spec_reply.spec_hash, confirm)
-        spec = spec_from_json(spec_reply.spec_json) if spec_reply.spec_json else local
+        try:
+            accept, reply = await self._handshake(JoinRequest(address=address, num_samples=num_samples), confirm)
+        except (RemoteProtocolError, PeerError) as exc:  # e.g. a wrong or missing run token
+            raise JoinRefused(f"join failed: {exc}") from None
+        spec = spec_from_json(reply.spec_json) if reply.spec_json else local
         if spec is None:
             raise JoinRefused("the coordinator confirmed a spec this peer does not have")
-        if spec.hash != reply.spec_hash:
+        if spec.hash != accept.spec_hash:
             raise JoinRefused("the spec received does not match the hash the coordinator announced")
-        self.run_info = self.describe_run(spec, reply.num_params, dict(reply.info))
+        self.run_info = self.describe_run(spec, accept.num_params, RunDescription.from_info(accept.info))
         self.ledger = self._load_ledger(self.run_info.settings)
         self.model = shared_model(spec)
-        if self.model.num_params != reply.num_params:
-            raise JoinRefused(f"model has {self.model.num_params} parameters, coordinator says {reply.num_params}")
+        if self.model.num_params != accept.num_params:
+            raise JoinRefused(f"model has {self.model.num_params} parameters, coordinator says {accept.num_params}")
         if self.data is None:
             self.data = self._load_data(self.run_info)
         return self.run_info
 
-    async def _request_join(self, join: JoinRequest) -> Message:
-        """Connect and send 1001, retrying for ``connect_wait`` seconds: peers may start before the
+    async def _handshake(self, join: JoinRequest, confirm: str) -> tuple[Accept, SpecReply]:
+        """Connect and join, retrying for ``connect_wait`` seconds: peers may start before the
         coordinator, and a coordinator with all join slots busy closes new connections unanswered."""
         deadline = trio.current_time() + self.options.connect_wait
         delay = 0.1
@@ -222,8 +196,8 @@ class PeerBase:
                               token=self.options.token)
             try:
                 self.stream = await dial(self.network, self.options.coordinator, conn, timeout=None)
-                await self.stream.send(join)
-                return await self.stream.receive(timeout=60.0)
+                return await client_handshake(self.stream, join, confirm, server="coordinator", name=self.name,
+                                              who="the coordinator")
             except (ConnectError, PeerClosedError, trio.BrokenResourceError):
                 if trio.current_time() + delay > deadline:
                     raise
@@ -253,21 +227,21 @@ class PeerBase:
         """A Byzantine peer's upload (experiments only); honest peers send ``vector`` unchanged."""
         return corrupt(vector, self.options.attack, rng) if self.options.attack else vector
 
-    def describe_run(self, spec: ModelSpec, num_params: int, info: dict[str, Any]) -> RunInfo:
-        """The run from the coordinator's description; the peer's own flags take precedence."""
+    def describe_run(self, spec: ModelSpec, num_params: int, run: RunDescription) -> RunInfo:
+        """The run from the server's (or the config's) description; the peer's own flags take precedence."""
         options = self.options
-        partition = build(PartitionConfig, info.get("partition", {}), "coordinator's partition")
+        partition = _typed(PartitionConfig, run.partition, "coordinator's partition")
         if options.partition:
             partition = PartitionConfig(**{**partition.__dict__, "kind": options.partition})
+        settings = run.settings
         return RunInfo(
-            spec=spec, num_params=num_params, algorithm=str(info.get("algorithm", "fedavg")),
-            settings=AlgorithmSettings.from_mapping(info.get("settings", {})),
-            training=build(TrainingConfig, info.get("training", {}), "coordinator's training"),
-            partition=partition,
-            rounds=int(info.get("rounds", 1)),
-            peers=options.peers if options.peers is not None else int(info.get("peers", 1)),
-            index=options.index if options.index is not None else int(info.get("index", 0)),
-            seed=int(info.get("seed", 0)), data=str(info.get("data", "digits")), info=info,
+            spec=spec, num_params=num_params, algorithm=run.algorithm,
+            settings=settings if isinstance(settings, AlgorithmSettings) else AlgorithmSettings.from_mapping(settings),
+            training=_typed(TrainingConfig, run.training, "coordinator's training"),
+            partition=partition, rounds=run.rounds,
+            peers=options.peers if options.peers is not None else run.peers,
+            index=options.index if options.index is not None else run.index,
+            seed=run.seed, data=run.data, round_timeout=run.round_timeout, order=run.order,
         )
 
     def _load_data(self, run: RunInfo) -> PeerData:
@@ -326,6 +300,11 @@ class PeerBase:
             callback(metrics)
 
 
+def _typed(cls: type[T], value: Any, where: str) -> T:
+    """A config object as it is, or built from the plain map that came over the wire."""
+    return value if isinstance(value, cls) else build(cls, value, where)
+
+
 class Peer(PeerBase):
     """A coordinator-mode participant: request, train, upload, repeat until the end of the run."""
 
@@ -339,7 +318,7 @@ class Peer(PeerBase):
         assert self.stream is not None
         self.algorithm = make_peer_algorithm(run.algorithm, run.settings)
         self.rng = np.random.default_rng([run.seed, run.index, 7])
-        self.local_work = run.info.get("local_work", "gradient" if run.algorithm == "fedsgd" else "epochs")
+        self.local_work = "gradient" if run.algorithm == "fedsgd" else "epochs"
         self.last_round = -1
         try:
             await self.report_ready()

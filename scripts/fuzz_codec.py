@@ -126,6 +126,12 @@ def _vector(rng: random.Random) -> np.ndarray | SparseVector:
     return _dense(rng, rng.choice([0, 1, 3, 16, 50])) if rng.random() < 0.4 else _sparse(rng)
 
 
+def _gossip_header(rng: random.Random) -> dict[str, Any]:
+    """A valid ``info`` of a gossip upload (the codec checks it: ringfl.protocol.payloads)."""
+    header = {"origin": _text(rng) or "p", "step": rng.randint(0, 3), "hop": rng.randint(1, 3), "weight": rng.random()}
+    return {**header, "snapshot": True} if rng.random() < 0.2 else header
+
+
 def sample_message(rng: random.Random, cls: type[Message]) -> Message:
     """A valid message of type ``cls`` with randomised fields."""
     envelope = dict(
@@ -137,8 +143,9 @@ def sample_message(rng: random.Random, cls: type[Message]) -> Message:
         ParamsRequest: lambda: dict(fraction=rng.choice([1.0, 0.1, 1e-9])),
         SpecConfirm: lambda: dict(spec_hash=_text(rng)),
         Upload: lambda: dict(vector=_vector(rng), num_samples=rng.randint(0, 600),
-                             base_version=rng.randint(0, 9), kind=rng.choice(["delta", "gossip"]),
-                             info=_metadata(rng)),
+                             base_version=rng.randint(0, 9),
+                             **rng.choice([dict(kind="delta", info=_metadata(rng)),
+                                           dict(kind="gossip", info=_gossip_header(rng))])),
         Accept: lambda: dict(num_params=rng.randint(0, 10**6), spec_hash=_text(rng),
                              mode=rng.choice(["coordinator", "ring"]), info=_metadata(rng)),
         Reject: lambda: dict(reason=rng.randint(0, 7), detail=_text(rng)),

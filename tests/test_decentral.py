@@ -89,8 +89,8 @@ def test_schedule_info_gives_each_node_its_phases():
     top = generate("one-peer-exponential", 8)
     labels = list(top.labels)
     info = schedule_info(top, 0, labels)
-    assert [p["out"] for p in info] == [["1"], ["2"], ["4"]]
-    assert [p["in"] for p in info] == [{"7": 0.5}, {"6": 0.5}, {"4": 0.5}]
+    assert [p.outs for p in info] == [["1"], ["2"], ["4"]]
+    assert [p.ins for p in info] == [{"7": 0.5}, {"6": 0.5}, {"4": 0.5}]
     assert schedule_info(generate("ring", 8), 0, labels) == []
 
 
@@ -215,7 +215,7 @@ async def test_exchange_every_k_batches_on_a_one_peer_exponential_graph_in_memor
     assert [r["round"] for r in history] == [1, 2, 3] and all(r["peers_reporting"] == 8 for r in history)
     assert history[-1]["accuracy"] > 0.6 and history[-1]["accuracy"] > history[0]["accuracy"]
     for peer in peers:
-        assert len(peer.links.phases) == 3
+        assert len(peer.neighbourhood.links.phases) == 3
         last = peer.history[-1]
         assert last["exchanges"] == 3 and len(last["bytes_sent_exchanges"]) == 3
         size = _dense_message_bytes(peer)

@@ -8,9 +8,19 @@ import trio
 
 from ringfl.config import TrainingConfig
 from ringfl.peer import PeerOptions
-from ringfl.ring import Bootstrap, RingPeer, forward_targets, neighbour_list, origins_within
+from ringfl.protocol import AckReason, Neighbour
+from ringfl.protocol.payloads import GossipUpdate, NeighbourTable
+from ringfl.ring import (
+    Bootstrap,
+    Neighbourhood,
+    RingPeer,
+    forward_targets,
+    neighbour_list,
+    origins_within,
+)
 from ringfl.topology import generate
 from ringfl.transport import MemoryNetwork
+from ringfl.vectors import SparseVector
 from tests.helpers import demo_config
 
 
@@ -122,7 +132,7 @@ async def test_a_peer_that_dies_is_routed_around_and_re_links_when_it_returns(al
         for label, p in peers.items():
             for j in p.algorithm.weights:  # the current neighbours (copies of former ones may age)
                 copy = p.algorithm.neighbour_public[j]
-                np.testing.assert_array_equal(copy, peers[p.label_of[j]].algorithm.public, f"{label}'s copy of {j}")
+                np.testing.assert_array_equal(copy, peers[p.neighbourhood.label(j)].algorithm.public, f"{label}'s copy of {j}")
 
 
 async def test_ring_without_a_bootstrap_uses_the_topology_addresses_and_a_run_config():
@@ -193,8 +203,6 @@ async def test_robust_ring_mixing_resists_a_scaled_attacker():
 def test_late_messages_reach_choco_in_exchange_order():
     """Messages for exchanges already mixed wait in one inbox keyed by (round, step) for all
     senders; CHOCO must see them in exchange order (a snapshot before the q that follows it)."""
-    from ringfl.algorithms.gossip import GossipMessage
-    from ringfl.vectors import SparseVector
 
     class Recorder:
         keeps_copies = True
@@ -206,25 +214,52 @@ def test_late_messages_reach_choco_in_exchange_order():
             self.seen.append((message.round, message.step))
             return []
 
-    peer = RingPeer(MemoryNetwork(), PeerOptions(coordinator="nowhere", name="0"))
+    hood = Neighbourhood("0")
+    hood.apply((), 1, NeighbourTable(nodes={"0": 0, "1": 1}))
     empty = SparseVector.empty(4)
     for key in [(3, 2), (3, 1), (2, 2), (4, 0)]:  # arrival order
-        peer.inbox[key].append((1, GossipMessage(1, key[0], empty, step=key[1])))
+        assert hood.receive(1, GossipUpdate(origin="1", round=key[0], vector=empty, step=key[1]).to_upload()).accepted
     recorder = Recorder()
-    peer._take_late(recorder, (4, 0))
-    assert recorder.seen == [(2, 2), (3, 1), (3, 2)] and list(peer.inbox) == [(4, 0)]
+    hood.take_late(recorder, (4, 0))
+    assert recorder.seen == [(2, 2), (3, 1), (3, 2)] and list(hood.inbox) == [(4, 0)]
+
+
+def _linked_neighbourhood() -> Neighbourhood:
+    """Node 0 of a 4-ring, links in force from the start: dials 1 and 3, relays 1's selection to 3."""
+    hood = Neighbourhood("0")
+    hood.apply((Neighbour("1", "a", 1 / 3), Neighbour("3", "c", 1 / 3)), 1,
+               NeighbourTable(nodes={"0": 0, "1": 1, "2": 2, "3": 3}, expected_origins=["1", "2", "3"],
+                              forward={"1": ["3"], "3": []}))
+    return hood
 
 
 def test_relay_floods_between_a_death_and_the_new_links():
     """Shortest paths may have run through a dead peer; until the re-linked table holds, relayed
     selections go to every out-neighbour (but the origin) rather than miss someone."""
-    from ringfl.protocol import Neighbours
-    from ringfl.ring import Links
+    hood = _linked_neighbourhood()
+    assert hood.routes(1, 3) and not hood.routes(3, 1) and not hood.routes(3, 3)
+    hood.begin_round(4)
+    hood.apply((), 2, NeighbourTable(dead=["1"], from_round=6, forward={}))
+    assert hood.links.forward is None and hood.links.dial == {3: "c"} and hood.pending is not None
+    assert hood.routes(3, 1) and not hood.routes(3, 3) and hood.waiting(set()) == {2, 3}
 
-    peer = RingPeer(MemoryNetwork(), PeerOptions(coordinator="nowhere", name="0"))
-    peer.node_ids = {"0": 0, "1": 1, "2": 2, "3": 3}
-    peer.links = Links(version=1, dial={1: "a", 3: "c"}, expected={1, 2, 3}, forward={1: {3}, 3: {1}})
-    peer.round_in_progress = 4
-    peer._apply_neighbours(Neighbours(neighbours=(), topology_version=2,
-                                      info={"dead": ["1"], "from_round": 6, "forward": {}}))
-    assert peer.links.forward is None and peer.links.dial == {3: "c"} and peer.pending_links is not None
+
+def test_new_links_hold_from_their_round_and_updates_are_checked():
+    """Both ends of a new link switch at the same round; an update from an unknown origin is
+    refused with a reason, not fed to the exchange."""
+    woken = []
+    hood = _linked_neighbourhood()
+    hood.on_change = lambda: woken.append(True)
+    hood.begin_round(2)
+    hood.apply((Neighbour("2", "b", 0.5),), 2, NeighbourTable(nodes={"2": 2}, expected_origins=["2"], from_round=4))
+    assert hood.links.dial == {1: "a", 3: "c"} and woken
+    hood.begin_round(3)
+    assert hood.pending is not None
+    hood.begin_round(4)
+    assert hood.pending is None and hood.links.dial == {2: "b"} and hood.begin_exchange(0).expected == {2}
+    update = GossipUpdate(origin="9", round=4, vector=SparseVector.empty(4)).to_upload()
+    ack = hood.receive(2, update)
+    assert not ack.accepted and ack.reason == AckReason.INVALID and hood.take((4, 0)) == []
+    assert hood.receive(2, GossipUpdate(origin="2", round=4, vector=np.ones(4, np.float32)).to_upload()).accepted
+    [(sender, message)] = hood.take((4, 0))
+    assert sender == 2 and message.origin == 2 and message.vector.nnz == 4

@@ -19,7 +19,7 @@ import yaml
 
 from ringfl.checkpoint import atomic_write_bytes
 from ringfl.config import RunConfig
-from ringfl.coordinator import Coordinator, PeerSession
+from ringfl.coordinator import Coordinator
 from ringfl.errors import RingflError
 from ringfl.experiments.plan import Run
 from ringfl.experiments.references import initial_round, round_record
@@ -30,6 +30,7 @@ from ringfl.model import load_spec
 from ringfl.peer import Peer, PeerData, PeerOptions, load_peer_data
 from ringfl.protocol import PeerReport
 from ringfl.ring import Bootstrap, RingPeer
+from ringfl.runtime.session import PeerSession
 from ringfl.topology import load_topology
 from ringfl.transport import MemoryNetwork, Network, TcpNetwork
 

@@ -228,7 +228,13 @@ class Upload(Message):
     num_samples: int = 0
     base_version: int = 0
     kind: str = "delta"
-    info: Metadata = field(default_factory=dict)  # e.g. ring mode's origin, exchange step, hop
+    info: Metadata = field(default_factory=dict)  # kind "gossip": a GossipUpdate's header
+
+    def check(self) -> None:
+        if self.kind == "gossip":  # a ring neighbour's update: its header is typed (payloads.py)
+            from ringfl.protocol.payloads import check_gossip_info
+
+            check_gossip_info(self.info)
 
 
 @_message(Code.REPORT)

@@ -36,7 +36,8 @@ from ringfl.secagg.quantize import Quantizer
 from ringfl.secagg.rounds import SecAggAbort, SecAggSettings, ServerRound
 
 if TYPE_CHECKING:
-    from ringfl.coordinator import Coordinator, PeerSession
+    from ringfl.coordinator import Coordinator
+    from ringfl.runtime.session import PeerSession
 
 log = logging.getLogger(__name__)
 
