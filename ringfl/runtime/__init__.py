@@ -1,0 +1,1 @@
+"""Mode-independent run machinery: sessions, the gradient pool, run storage, round records."""
