@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import trio
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 
 from ringfl.algorithms import (
     AlgorithmSettings,
@@ -50,6 +50,7 @@ from ringfl.launch import child_env, peer_command, run_peer_processes, serve_unt
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import shared_model
 from ringfl.peer import Peer, PeerData, PeerOptions, load_peer_data
+from ringfl.progress import bar
 from ringfl.protocol import PeerReport
 from ringfl.report import (
     PeerRecord,
@@ -438,11 +439,8 @@ class ProgressBar:
 
     def __init__(self, total: float, done: float, console: Console) -> None:
         self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} rounds"),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=True)
-        self.task = self.progress.add_task("experiment", total=max(total, 1), completed=done, status="")
+        self.progress, self.task = bar(console, "experiment", max(total, 1), completed=done,
+                                       count=TextColumn("{task.completed:.0f}/{task.total:.0f} rounds"))
         self.progress.start()
 
     def begin(self, run: Run) -> None:

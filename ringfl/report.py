@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ringfl.checkpoint import atomic_write_bytes
 from ringfl.metrics import read_jsonl
+from ringfl.units import human_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -407,18 +408,6 @@ def _cell(value: Any) -> Any:
 
 def _number(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
-
-
-def human_bytes(count: float | None) -> str:
-    """Decimal units, so the powers of ten on a log axis read as 1 kB, 10 kB, 100 kB..."""
-    if count is None:
-        return ""
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.3g} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 _Column = tuple[str, Callable[[Mapping[str, Any]], str], bool]  # header, cell, right-aligned
