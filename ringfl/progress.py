@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from ringfl.units import human_bytes
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -20,19 +30,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def human_bytes(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(count) < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
-
-
-def _bar(console: Console, label: str, total: int) -> tuple[Progress, Any]:
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+def bar(console: Console, label: str, total: float, *, completed: float = 0,
+        count: ProgressColumn | None = None) -> tuple[Progress, TaskID]:
+    """The one progress bar of ringfl (rounds, experiments, shadow models): label, bar, ``count``
+    (done/total by default), a ``status`` field, time elapsed; it disappears when stopped."""
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), count or MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
                         transient=True)
-    task = progress.add_task(label, total=total, status="")
+    task = progress.add_task(label, total=total, completed=completed, status="")
     return progress, task
 
 
@@ -42,7 +47,7 @@ class RoundPrinter:
     def __init__(self, rounds: int, title: str, console: Console | None = None) -> None:
         self.console = console or Console(highlight=False)
         self.console.print(f"[bold]{title}[/bold]")
-        self.progress, self.task = _bar(self.console, "rounds", rounds)
+        self.progress, self.task = bar(self.console, "rounds", rounds)
         self.progress.start()
 
     def show(self, record: dict[str, Any]) -> None:
@@ -80,7 +85,7 @@ class PeerPrinter:
 
     def show(self, metrics: dict[str, Any]) -> None:
         if self.progress is None and not self.quiet and "rounds" in metrics:
-            self.progress, self.task = _bar(self.console, self.name, int(metrics["rounds"]))
+            self.progress, self.task = bar(self.console, self.name, int(metrics["rounds"]))
             self.progress.start()
         parts = [f"{self.name} round {metrics['round']:>3}"]
         for key in ("accuracy", "train_loss", "accepted", "epsilon", "seconds"):

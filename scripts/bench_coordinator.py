@@ -173,19 +173,19 @@ async def pool_throughput(clients: int, seconds: float, processes: int = 2) -> d
             command = [sys.executable, __file__, "--synthetic", address, "--first", str(p * per),
                        "--clients", str(per), "--seconds", str(seconds + 30)]
             nursery.start_soon(trio.run_process, command)
-        while coordinator.pool_stats.applied < clients:  # everyone connected and uploading
+        while coordinator.pool.stats.applied < clients:  # everyone connected and uploading
             await trio.sleep(0.1)
         await trio.sleep(1.0)  # warm up
-        start_count, start = coordinator.pool_stats.applied, time.perf_counter()
+        start_count, start = coordinator.pool.stats.applied, time.perf_counter()
         await trio.sleep(seconds)
-        timing["count"] = coordinator.pool_stats.applied - start_count
+        timing["count"] = coordinator.pool.stats.applied - start_count
         timing["elapsed"] = time.perf_counter() - start
         nursery.cancel_scope.cancel()
     return {"clients": clients, "client_processes": processes,
             "accepted_per_s": timing["count"] / timing["elapsed"],
-            "pool_peak_depth": coordinator.pool_stats.peak_depth,
-            "peak_waiting_senders": coordinator.pool_stats.peak_waiting_senders,
-            "nnz_per_upload": coordinator.num_params // 10, "rejected": coordinator.pool_stats.rejected}
+            "pool_peak_depth": coordinator.pool.stats.peak_depth,
+            "peak_waiting_senders": coordinator.pool.stats.peak_waiting_senders,
+            "nnz_per_upload": coordinator.num_params // 10, "rejected": coordinator.pool.stats.rejected}
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ from ringfl.coordinator import Coordinator
 from ringfl.data import FASHION_MNIST_DIR
 from ringfl.launch import child_env
 from ringfl.metrics import read_jsonl
+from ringfl.runtime.wal import UpdateLog
 from ringfl.transport import TcpNetwork
-from ringfl.wal import UpdateLog
 
 ACK_LINE = re.compile(r"round\s+(\d+).*accepted (True|False)")
 
@@ -162,14 +162,14 @@ def main() -> None:
     resumed = Coordinator(load_config(folder / "run.yaml"), TcpNetwork(), folder / "out", resume=True)
     report["coordinator_killed_in_round"] = expected["round"] + 1
     report["acknowledged_accepted"] = acked
-    report["applied_after_resume"] = resumed.pool_stats.applied
+    report["applied_after_resume"] = resumed.pool.stats.applied
     report["replayed_from_wal"] = expected["replayed"]
     checks = {
         "round": resumed.round == expected["round"],
         "params": bool(np.array_equal(resumed.algorithm.params, expected["params"])),
         "stat": bool(np.array_equal(resumed.algorithm.state()["stat"], expected["stat"])),
-        "ledgers": all(abs(resumed.ledgers[p].total - t) < 1e-9 for p, t in expected["ledgers"].items()),
-        "every_acked_update_applied": resumed.pool_stats.applied >= acked,
+        "ledgers": all(abs(resumed.pool.ledgers[p].total - t) < 1e-9 for p, t in expected["ledgers"].items()),
+        "every_acked_update_applied": resumed.pool.stats.applied >= acked,
     }
     report["checks"] = checks
     del resumed

@@ -48,7 +48,7 @@ async def test_algorithms_learn_round_over_round(algorithm, settings, margin):
     assert [r["round"] for r in coordinator.history] == [0, 1, 2, 3]
     assert accuracy[-1] > accuracy[0] + margin, accuracy
     assert accuracy[-1] >= accuracy[1] - 0.02  # no stale model: later rounds do not fall back
-    assert coordinator.pool_stats.applied == 3 * len(peers) and coordinator.pool_stats.rejected == 0
+    assert coordinator.pool.stats.applied == 3 * len(peers) and coordinator.pool.stats.rejected == 0
     assert all(len(p.history) == 3 for p in peers)
 
 
@@ -86,7 +86,7 @@ async def test_dp_ledger_refuses_uploads_past_the_budget():
     for peer in peers:
         assert peer.ledger.total == pytest.approx(2.0)
         assert len(peer.history) == 2  # the third upload would exceed the budget: the peer stops
-    assert all(ledger.total == pytest.approx(2.0) for ledger in coordinator.ledgers.values())
+    assert all(ledger.total == pytest.approx(2.0) for ledger in coordinator.pool.ledgers.values())
     assert coordinator.history[-1]["epsilon_spent"] == pytest.approx(2.0)
 
 
@@ -158,7 +158,7 @@ async def test_the_server_decides_and_says_why():
     assert acks[2].reason == AckReason.STALE and "stale" in acks[2].detail
     assert acks[3].reason == AckReason.INVALID and "non finite" in acks[3].detail
     assert acks[5].reason == AckReason.STALE
-    assert coordinator.pool_stats.applied == 1 and coordinator.pool_stats.rejected == 5
+    assert coordinator.pool.stats.applied == 1 and coordinator.pool.stats.rejected == 5
     assert coordinator.history[-1]["rejected_reasons"]["wrong length"] == 1
 
 
@@ -232,7 +232,7 @@ async def test_dssgd_exchange_orders(order):
     coordinator, peers = await run_coordinator(config)
     accuracy = [r["accuracy"] for r in coordinator.history]
     assert accuracy[-1] > accuracy[0] + 0.3, accuracy
-    assert coordinator.pool_stats.applied >= 3 * len(peers) - 1  # async: a straggler may be late
+    assert coordinator.pool.stats.applied >= 3 * len(peers) - 1  # async: a straggler may be late
     assert all(len(p.history) == 3 for p in peers)
 
 
@@ -262,9 +262,9 @@ async def test_acknowledged_uploads_survive_a_crash(tmp_path):
     assert coordinator.round == 1 and acked_in(1) < 3
     resumed = Coordinator(config, MemoryNetwork(), tmp_path, resume=True)
     assert resumed.round == 1
-    assert resumed.pool_stats.applied >= acked_total
+    assert resumed.pool.stats.applied >= acked_total
     assert resumed.algorithm.pending >= acked_in(1)
-    assert resumed.pool_stats.applied == 3 + resumed.algorithm.pending
+    assert resumed.pool.stats.applied == 3 + resumed.algorithm.pending
 
 
 async def test_peer_ledger_persists_across_restarts(tmp_path):
@@ -317,7 +317,7 @@ async def test_a_slow_write_ahead_log_does_not_let_the_next_round_overtake_the_a
     start sent before an Ack used to be skipped by the peer, which then sat out a round."""
     import time
 
-    from ringfl.wal import UpdateLog
+    from ringfl.runtime.wal import UpdateLog
 
     append = UpdateLog.append
 
@@ -406,7 +406,7 @@ async def test_async_scale_divides_uploads_by_the_live_peers(scale, expected, tm
         assert (await first.upload(step, start.round)).accepted
         nursery.cancel_scope.cancel()
     np.testing.assert_allclose(coordinator.algorithm.params[:2] - before[:2], expected, rtol=1e-6)
-    from ringfl.wal import UpdateLog
+    from ringfl.runtime.wal import UpdateLog
 
     (logged,) = UpdateLog(tmp_path / "updates.wal", n).read()  # a resume replays what was applied
     assert logged.vector.values.tolist() == [expected, expected]

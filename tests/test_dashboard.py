@@ -99,7 +99,7 @@ async def test_run_view_lists_every_peer_and_round_of_a_run():
     during, after = snapshots[-2], snapshots[-1]
     assert [r["round"] for r in after["history"]] == [0, 1, 2, 3]
     assert after["history"][3]["accuracy"] == pytest.approx(coordinator.history[3]["accuracy"])
-    assert after["pool"]["applied"] == coordinator.pool_stats.applied == 9
+    assert after["pool"]["applied"] == coordinator.pool.stats.applied == 9
     assert {p["name"]: p["state"] for p in during["peers"]} == {"p0": "ready", "p1": "ready", "p2": "ready"}
     assert all(p["state"] == "left" for p in after["peers"])  # the run ended: gone, not dead
     assert all(p["round"] == 3 and p["bytes_sent"] > 0 for p in during["peers"])  # rounds count from 1: round 3 closed

@@ -264,9 +264,9 @@ async def test_a_resumed_coordinator_keeps_every_peers_dp_sgd_epsilon(tmp_path):
     config = demo_config(rounds=2, peers=2, training=DP_TRAINING, round_timeout=120.0)
     first, _ = await run_coordinator(config, out_dir=tmp_path)
     resumed = Coordinator(config.replace(rounds=3), MemoryNetwork(), tmp_path, resume=True)
-    assert resumed.dp_sgd is not None
-    assert resumed.dp_sgd.per_peer() == pytest.approx(first.dp_sgd.per_peer())
-    assert all(eps > 0 for eps in resumed.dp_sgd.per_peer().values())
+    assert resumed.pool.dp_sgd is not None
+    assert resumed.pool.dp_sgd.per_peer() == pytest.approx(first.pool.dp_sgd.per_peer())
+    assert all(eps > 0 for eps in resumed.pool.dp_sgd.per_peer().values())
 
 
 def test_peer_noise_is_not_reproducible_from_the_public_seed():

@@ -29,7 +29,7 @@ async def test_coordinator_and_three_peer_processes_learn_round_over_round():
     assert all(r.returncode == 0 for r in results)
     accuracy = [r["accuracy"] for r in coordinator.history]
     assert accuracy[1] < accuracy[2] < accuracy[3], accuracy  # the seed's stale-model bug would fail this
-    assert coordinator.pool_stats.applied == 9
+    assert coordinator.pool.stats.applied == 9
     assert coordinator.history[-1]["bytes_in"] > 0
 
 

@@ -304,6 +304,10 @@ class CoordinatorAlgorithm(ABC):
         return self._params.copy()
 
     @abstractmethod
+    def check(self, update: Update) -> None:
+        """Raise :class:`InvalidUpdate` if :meth:`submit` would refuse ``update``; changes nothing."""
+
+    @abstractmethod
     def submit(self, update: Update) -> None:
         """Accept one upload; raises :class:`InvalidUpdate` if it must be refused."""
 

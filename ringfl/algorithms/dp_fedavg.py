@@ -65,10 +65,10 @@ class DPFedAvgCoordinator(FedAvgCoordinator):
         # the noise must not come from the run's seed (public in the config): OS entropy instead
         self.noise_rng = np.random.default_rng()
 
-    def submit(self, update: Update) -> None:
+    def check(self, update: Update) -> None:
         if isinstance(update.vector, SparseVector):
             raise InvalidUpdate(f"{update.sender}: dp-fedavg needs dense updates")
-        super().submit(update)
+        super().check(update)
 
     def end_round(self) -> None:
         """Clip, sum, noise, average — unless the user-level budget is spent (then w stays)."""

@@ -54,13 +54,16 @@ class DSSGDCoordinator(CoordinatorAlgorithm):
         k = selection_count(self.size, self.settings.theta_d)
         return SparseVector.take(self._params, top_k_indices(self.stat, k, tie_rank=self.tie_rank))
 
+    def check(self, update: Update) -> None:
+        self._check_vector(update, max_nnz=self.max_upload)
+
     def submit(self, update: Update) -> None:
         """Apply one upload now: ``w[idx] += clip(values)``, ``stat *= β``, ``stat[idx] += 1``.
 
         Values are clipped to γ again here, and uploads with more than c coordinates are refused,
         so no peer can move the model further than an honest one.
         """
-        self._check_vector(update, max_nnz=self.max_upload)
+        self.check(update)
         vec = update.vector
         gamma = self.settings.gamma
         if self.settings.stat_decay < 1.0:

@@ -56,7 +56,7 @@ class FedAvgCoordinator(CoordinatorAlgorithm):
         """Uploads buffered for the current round."""
         return len(self._pending)
 
-    def submit(self, update: Update) -> None:
+    def check(self, update: Update) -> None:
         if update.round != self.round:
             raise InvalidUpdate(
                 f"{update.sender}: upload for round {update.round}, current round is {self.round}"
@@ -68,6 +68,9 @@ class FedAvgCoordinator(CoordinatorAlgorithm):
                 f"{update.sender}: num_samples must be >= 1, got {update.num_samples}"
             )
         self._check_vector(update)
+
+    def submit(self, update: Update) -> None:
+        self.check(update)
         self._pending[update.sender] = update
 
     def end_round(self) -> None:

@@ -1,7 +1,8 @@
 """What the run view shows, read from a running coordinator or ring bootstrap.
 
-The dashboard never changes the run: it reads the objects the server keeps anyway (round
-history, joined sessions, privacy ledgers, the gradient pool, the live topology) and remembers
+The dashboard never changes the run: it reads the objects the server keeps anyway (its
+:class:`~ringfl.runtime.records.RoundRecorder`, joined sessions, the
+:class:`~ringfl.runtime.pool.GradientPool` with the privacy ledgers, the live topology) and remembers
 every peer it has seen, so a peer whose connection ended is still listed — marked dead.
 """
 
@@ -11,6 +12,8 @@ import math
 import time
 from typing import Any
 
+from ringfl.runtime.pool import GradientPool
+from ringfl.runtime.records import RoundRecord
 from ringfl.topology import relink_without
 
 
@@ -32,7 +35,7 @@ class RunView:
     def snapshot(self) -> dict[str, Any]:
         server = self.server
         config = server.config
-        history = [self._round(r) for r in server.history]
+        history = [self._round(r) for r in server.recorder.records]
         return {
             "mode": server.mode, "run_id": config.run_id, "algorithm": config.algorithm,
             "model": server.spec.name, "num_params": server.num_params,
@@ -43,14 +46,16 @@ class RunView:
         }
 
     @staticmethod
-    def _round(record: dict[str, Any]) -> dict[str, Any]:
-        keys = ("accuracy", "loss", "min_accuracy", "max_accuracy", "epsilon_spent")
-        row = {key: _number(record.get(key)) for key in keys if key in record}
-        return {"round": int(record["round"]), **row, "rejected": record.get("rejected")}
+    def _round(record: RoundRecord) -> dict[str, Any]:
+        fields = record.fields
+        row = {key: _number(fields[key]) for key in ("min_accuracy", "max_accuracy", "epsilon_spent") if key in fields}
+        return {"round": record.round, "accuracy": _number(record.accuracy), "loss": _number(record.loss), **row,
+                "rejected": fields.get("rejected")}
 
     def _peers(self) -> list[dict[str, Any]]:
         server = self.server
-        ledgers = getattr(server, "ledgers", {})
+        pool: GradientPool | None = getattr(server, "pool", None)  # ring mode: none
+        ledgers = pool.ledgers if pool is not None else {}
         selected = getattr(server, "selected", set())
         for name, row in self.peers.items():
             if name not in server.sessions:
@@ -96,10 +101,10 @@ class RunView:
                 "relinked": sorted(list(e) for e in live_edges - known)}
 
     def _pool(self) -> dict[str, Any] | None:
-        server = self.server
-        if not hasattr(server, "pool_depth"):
+        pool: GradientPool | None = getattr(self.server, "pool", None)
+        if pool is None:
             return None  # ring mode: no gradient pool
-        stats = server.pool_stats
-        return {"depth": server.pool_depth(), "capacity": server.config.pool_size, "peak": stats.peak_depth,
+        stats = pool.stats
+        return {"depth": pool.depth(), "capacity": self.server.config.pool_size, "peak": stats.peak_depth,
                 "submitted": stats.submitted, "applied": stats.applied, "rejected": stats.rejected,
                 "reasons": dict(stats.reasons)}

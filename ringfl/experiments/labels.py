@@ -169,14 +169,4 @@ def format_number(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def human_bytes(count: float | None) -> str:
-    """Decimal units, so the powers of ten on a log axis read as 1 kB, 10 kB, 100 kB..."""
-    if count is None:
-        return ""
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.3g} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from ringfl.experiments.labels import (
     canonical,
-    human_bytes,
     legend_labels,
     params_label,
     shared_note,
     varying,
 )
 from ringfl.experiments.results import SettingResult, per_peer_per_round
+from ringfl.units import human_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,7 +14,6 @@ from ringfl.checkpoint import atomic_write_bytes
 from ringfl.experiments.labels import (
     format_number,
     format_value,
-    human_bytes,
     legend_labels,
     ordered,
     shared_note,
@@ -27,6 +26,7 @@ from ringfl.experiments.results import (
     SUMMARY_COLUMNS,
     SettingResult,
 )
+from ringfl.units import human_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -8,7 +8,9 @@ import math
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
+
+from ringfl.progress import bar
 
 if TYPE_CHECKING:
     from ringfl.experiments.plan import Run
@@ -28,11 +30,8 @@ class ProgressBar:
 
     def __init__(self, total: float, done: float, console: Console) -> None:
         self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} rounds"),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=True)
-        self.task = self.progress.add_task("experiment", total=max(total, 1), completed=done, status="")
+        self.progress, self.task = bar(console, "experiment", max(total, 1), completed=done,
+                                       count=TextColumn("{task.completed:.0f}/{task.total:.0f} rounds"))
         self.progress.start()
 
     def begin(self, run: Run) -> None:

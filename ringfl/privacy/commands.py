@@ -33,11 +33,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     import numpy as np
     from rich.console import Console
-    from rich.progress import Progress
 
     from ringfl.audit import AuditConfig, audit_params
     from ringfl.checkpoint import load_checkpoint
     from ringfl.config import load_config
+    from ringfl.progress import bar
 
     config = load_config(args.config)
     arrays, _ = load_checkpoint(Path(args.checkpoint))
@@ -45,8 +45,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.checkpoint} holds no 'params' array (a coordinator checkpoint does)")
     audit = AuditConfig.from_run(config, index=args.index, shadows=args.shadows, members=args.members)
     console = Console(stderr=True)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("shadow models", total=args.shadows)
+    progress, task = bar(console, "shadow models", args.shadows)
+    with progress:
         report = audit_params(np.asarray(arrays["params"], np.float32), audit,
                               progress=lambda done, total: progress.update(task, completed=done))
     text = json.dumps(report, indent=2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,11 @@ import trio
 
 from ringfl.config import RunConfig, check_mode
 from ringfl.errors import RunAborted, TopologyError
-from ringfl.metrics import MetricsLog
 from ringfl.model import load_spec
 from ringfl.protocol import JoinRequest, Neighbours, PeerReport, RejectReason, RoundStart
 from ringfl.protocol.payloads import RunDescription
 from ringfl.ring.routing import neighbour_list, neighbour_table
+from ringfl.runtime.records import Recorded, RoundRecord, RoundRecorder
 from ringfl.runtime.session import PeerSession, SessionServer
 from ringfl.topology import Topology, load_topology, relink_without
 from ringfl.transport import Network
@@ -33,7 +32,7 @@ from ringfl.transport import Network
 log = logging.getLogger(__name__)
 
 
-class Bootstrap(SessionServer):
+class Bootstrap(Recorded, SessionServer):
     """Introduces the peers of a topology, collects their reports, re-links around dead peers."""
 
     mode = "ring"
@@ -56,10 +55,8 @@ class Bootstrap(SessionServer):
         self.topology_version = 0
         self.reports: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.first_report: dict[int, float] = {}
-        self.history: list[dict[str, Any]] = []
-        self.metrics = MetricsLog(out_dir, append=resume) if out_dir else None
+        self.recorder = RoundRecorder(out_dir, resume=resume, callbacks=self.on_round)
         self.out_dir = out_dir
-        self.started = time.perf_counter()
         self.hops = int(config.algorithm_settings.get("hops", 2)) if config.algorithm == "relay" else 1
         self.started_links = False
 
@@ -127,7 +124,7 @@ class Bootstrap(SessionServer):
         return self._current_round()
 
     def _current_round(self) -> int:
-        return len([r for r in self.history if r["round"] > 0])
+        return len([r for r in self.recorder.records if r.round > 0])
 
     def _switch_round(self) -> int:
         """The round from which new links hold: after every live peer's current round, so both
@@ -216,39 +213,30 @@ class Bootstrap(SessionServer):
         reports = list(self.reports.get(round_, {}).values())
         accuracies = [float(r["accuracy"]) for r in reports]
         epsilons = [float(r.get("epsilon") or 0.0) for r in reports]
-        record = {
-            "round": round_,
-            "accuracy": float(np.mean(accuracies)) if accuracies else math.nan,
+        fields = {
             "min_accuracy": min(accuracies, default=math.nan),
             "max_accuracy": max(accuracies, default=math.nan),
-            "loss": float(np.mean([float(r["loss"]) for r in reports])) if reports else math.nan,
             "bytes": int(sum(int(r.get("bytes_sent", 0)) for r in reports)),
             "bytes_round": int(sum(int(r.get("bytes_sent_round", 0)) for r in reports)),
             "peers_reporting": len(reports), "dead": sorted(self.labels[i] for i in self.dead),
-            "seconds": round(time.perf_counter() - self.started, 3),
         }
         if any(epsilons):
-            record["epsilon_spent"] = max(epsilons)
-        self.history.append(record)
-        if self.metrics:
-            self.metrics.write(record)
-        for callback in self.on_round:
-            callback(record)
+            fields["epsilon_spent"] = max(epsilons)
+        self.recorder.record(RoundRecord(
+            round_, float(np.mean(accuracies)) if accuracies else math.nan,
+            float(np.mean([float(r["loss"]) for r in reports])) if reports else math.nan,
+            self.recorder.elapsed(), fields))
 
     def _summary(self) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
-        summary = {
+        last = self.recorder.last()
+        return self.recorder.write_summary({
             "mode": "ring", "algorithm": self.config.algorithm, "topology": self.topology.name,
-            "peers": self.topology.n, "rounds": len(self.history),
+            "peers": self.topology.n, "rounds": len(self.recorder.records),
             "final_accuracy": last.get("accuracy"), "final_min_accuracy": last.get("min_accuracy"),
             "final_max_accuracy": last.get("max_accuracy"), "bytes": last.get("bytes"),
-            "accuracy_per_round": [r["accuracy"] for r in self.history],
-            "wall_time_s": round(time.perf_counter() - self.started, 3),
+            "accuracy_per_round": self.recorder.accuracy_per_round(), "wall_time_s": self.recorder.elapsed(),
             "model": self.spec.name, "num_params": self.num_params, "refused_connections": self.refused_connections,
-        }
-        if self.metrics:
-            self.metrics.write_summary(summary)
-        return summary
+        })
 
 
 def _count_params(spec: Any) -> int:

@@ -172,8 +172,8 @@ class SecAggCoordinator:
         except InvalidUpdate as exc:
             raise SecAggAbort(f"secure aggregation round {c.round}: the sum was refused: {exc}") from None
         for _ in survivors:
-            c.pool_stats.count(Reason.ACCEPTED)
-        c.version += 1
+            c.pool.stats.count(Reason.ACCEPTED)
+        c.pool.version += 1
         self.closed_rounds += 1
 
     async def _acknowledge(self, peers: list[PeerSession], summed: set[str], aborted: str | None) -> None:
