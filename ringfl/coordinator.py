@@ -102,6 +102,7 @@ class Coordinator(Recorded, SessionServer):
                                      t.privacy, batch_size=t.batch_size, rounds=config.rounds, epochs=t.epochs)
                                  if t.privacy.enabled else None)
         self.round = 0
+        self.saved_round = 0  # the round of the last checkpoint: where a --resume starts
         self.round_open = False
         self.selected: set[str] = set()
         self.async_started: set[str] = set()
@@ -133,6 +134,12 @@ class Coordinator(Recorded, SessionServer):
         if pool.dp_sgd is not None:
             meta["dp_sgd"] = pool.dp_sgd.to_dict()
         self.store.save(self.algorithm.state(), meta)
+        self.saved_round = self.round
+
+    def rounds_done(self) -> int:
+        """Rounds a --resume keeps: those checkpointed (a stop can land between a round's close
+        and its checkpoint, e.g. while it is evaluated); all rounds played when there is no store."""
+        return self.saved_round if self.store is not None else self.round
 
     def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         assert self.store is not None
@@ -140,6 +147,7 @@ class Coordinator(Recorded, SessionServer):
         pool = self.pool
         self.algorithm.load_state(arrays)
         self.round, pool.version = int(meta["round"]), int(meta["version"])
+        self.saved_round = self.round
         self.indices = {k: int(v) for k, v in meta["indices"].items()}
         pool.ledgers = {p: PrivacyLedger.from_dict(d) for p, d in meta["ledgers"].items()}
         if self.secagg is not None:

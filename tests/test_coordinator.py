@@ -11,6 +11,7 @@ from ringfl.acceptance import AcceptancePolicy, Reason
 from ringfl.config import AcceptanceConfig
 from ringfl.coordinator import Coordinator
 from ringfl.metrics import read_jsonl
+from ringfl.peer import Peer, PeerOptions
 from ringfl.protocol import (
     Accept,
     Ack,
@@ -61,6 +62,21 @@ async def test_metrics_and_summary_files(tmp_path):
         assert key in records[-1]
     assert records[-1]["bytes_in"] > records[1]["bytes_in"] > 0
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "checkpoint.npz").is_file()
+
+
+async def test_rounds_done_counts_what_a_resume_keeps(tmp_path):
+    """A stop can land after a round closed but before its checkpoint (while it is evaluated):
+    the interrupted summary must then say what --resume will restore, not one round more."""
+    config = demo_config(rounds=3, peers=2, checkpoint_every=2)
+    seen: list[tuple[int, int]] = []
+    async with serving(config, out_dir=tmp_path) as (coordinator, network, address, nursery):
+        coordinator.on_round.append(lambda row: seen.append((row["round"], coordinator.rounds_done())))
+        for i in range(2):
+            nursery.start_soon(Peer(network, PeerOptions(coordinator=address, name=f"p{i}", peers=2, index=i,
+                                                         run_id=config.run_id)).run)
+    assert seen == [(0, 0), (1, 0), (2, 0), (3, 2)]  # each row is recorded before its checkpoint
+    assert coordinator.rounds_done() == 3
+    assert Coordinator(config, MemoryNetwork(), tmp_path, resume=True).rounds_done() == 3
 
 
 async def test_resume_continues_from_the_checkpoint(tmp_path):
