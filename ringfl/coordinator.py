@@ -39,6 +39,7 @@ from ringfl.protocol import (
     RoundStart,
     Upload,
 )
+from ringfl.protocol.payloads import RoundPlan
 from ringfl.runtime.pool import GradientPool, PoolItem
 from ringfl.runtime.records import Recorded, RoundRecord, RoundRecorder
 from ringfl.runtime.session import PeerSession, SessionServer
@@ -236,8 +237,8 @@ class Coordinator(Recorded, SessionServer):
         for session in self.alive():
             if session.peer_id not in self.async_started:
                 self.async_started.add(session.peer_id)
-                await self.send_quietly(session, RoundStart(round=self.round, selected=True, info={
-                    "async": True, "epochs": self.config.rounds - self.round}))
+                await self.send_quietly(session, RoundStart(round=self.round, selected=True, info=RoundPlan(
+                    asynchronous=True, epochs=self.config.rounds - self.round).to_info()))
         stats = self.pool.stats
         start = stats.processed
         everything = self.config.rounds * len(self.async_started)  # every peer did all its epochs

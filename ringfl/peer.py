@@ -52,7 +52,7 @@ from ringfl.protocol import (
     SpecReply,
     Upload,
 )
-from ringfl.protocol.payloads import RunDescription
+from ringfl.protocol.payloads import RoundPlan, RunDescription
 from ringfl.runtime.session import JoinRefused, client_handshake
 from ringfl.transport import (
     ConnectError,
@@ -380,15 +380,16 @@ class Peer(PeerBase):
         """A closed connection in the last round, after its deadline (the coordinator closes a
         round at twice the deadline at the latest): the run is over, not broken."""
         assert self.run_info is not None
-        last = self.last_round >= self.run_info.rounds - 1 and not start.info.get("async")
+        last = self.last_round >= self.run_info.rounds - 1 and not RoundPlan.from_info(start.info).asynchronous
         return last and start.deadline > 0 and trio.current_time() - started > start.deadline
 
     async def _play_rounds(self, start: RoundStart) -> bool:
         """One round, or (asynchronous DSSGD) all remaining epochs back to back."""
-        self._secagg = start.info.get("secagg")
-        if not start.info.get("async"):
+        plan = RoundPlan.from_info(start.info)  # checked by the codec
+        self._secagg = plan.secagg
+        if not plan.asynchronous:
             return await self._play_round(start.round)
-        for epoch in range(start.round, start.round + int(start.info.get("epochs", 1))):
+        for epoch in range(start.round, start.round + plan.epochs):
             if not await self._play_round(epoch):
                 return False
         return True

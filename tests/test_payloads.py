@@ -20,7 +20,7 @@ from ringfl.protocol import (
     decode,
     encode,
 )
-from ringfl.protocol.payloads import GossipUpdate, NeighbourTable, RunDescription
+from ringfl.protocol.payloads import GossipUpdate, NeighbourTable, RoundPlan, RunDescription
 from ringfl.ring import Neighbourhood, neighbour_list, neighbour_table
 from ringfl.runtime.session import run_description
 from ringfl.topology import generate
@@ -52,7 +52,7 @@ def _frames() -> dict[str, bytes]:
     frames["neighbours_schedule"] = encode(Neighbours(
         neighbours=tuple(neighbour_list(varying, 1, list(varying.labels), addresses)), topology_version=1,
         info=neighbour_table(varying, 1, 1, nodes).to_info()))
-    frames["round_start_ring"] = encode(RoundStart(round=0, info={"rounds": 4}))
+    frames["round_start_ring"] = encode(RoundStart(round=0, info=RoundPlan(rounds=4).to_info()))
     hood = Neighbourhood("alice")
     hood.apply((), 0, NeighbourTable(nodes={"3": 3}))
     sparse = SparseVector(size=50, indices=np.array([1, 7, 30], np.uint32), values=np.array([0.5, -1.0, 2.0], np.float32))
@@ -106,3 +106,32 @@ def test_the_codec_refuses_malformed_gossip_headers(info, fragment):
 def test_a_well_formed_gossip_header_decodes():
     upload = decode(_gossip_frame({"origin": "a", "step": 2, "hop": 1, "weight": 1}))
     assert GossipUpdate.from_upload(upload).weight == 1.0
+
+
+def test_round_plans_keep_the_maps_they_replace():
+    assert RoundPlan.from_info(decode(GOLDEN["round_start_ring"]).info) == RoundPlan(rounds=4)
+    assert RoundPlan(asynchronous=True, epochs=3).to_info() == {"async": True, "epochs": 3}
+    secagg = {"bound": 1.0, "summands": 4}
+    assert RoundPlan(secagg=secagg).to_info() == {"secagg": secagg}
+    assert RoundPlan.from_info({}) == RoundPlan()
+
+
+def _round_frame(info: dict) -> bytes:
+    """A round start with ``info``, its keys' last letters swapped in afterwards (``asynx`` ->
+    ``async``), bypassing the sender's own check."""
+    frame = encode(RoundStart(round=1, info=info))
+    for key in (b"async", b"epochs", b"rounds", b"secagg"):
+        frame = frame.replace(key[:-1] + b"x", key)
+    return frame
+
+
+@pytest.mark.parametrize("info, fragment", [
+    ({"asynx": 1}, "async"),
+    ({"epochx": 0}, "epochs"),
+    ({"epochx": 1.5}, "epochs"),
+    ({"roundx": -1}, "rounds"),
+    ({"secagx": [1, 2]}, "secagg"),
+])
+def test_the_codec_refuses_malformed_round_plans(info, fragment):
+    with pytest.raises(RemoteProtocolError, match=fragment):
+        decode(_round_frame(info))

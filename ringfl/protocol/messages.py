@@ -320,11 +320,14 @@ class RoundStart(Message):
 
     deadline: float = 0.0
     selected: bool = True
-    info: Metadata = field(default_factory=dict)
+    info: Metadata = field(default_factory=dict)  # a RoundPlan (payloads.py)
 
     def check(self) -> None:
         if self.deadline < 0:
             raise ValueError(f"deadline must be >= 0, got {self.deadline}")
+        from ringfl.protocol.payloads import check_round_info
+
+        check_round_info(self.info)
 
 
 @_message(Code.END_OF_RUN)

@@ -136,6 +136,45 @@ class NeighbourTable:
         )
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    """What a RoundStart's ``info`` adds to its round number: ``rounds``, the run's length (ring
+    mode); ``asynchronous`` DSSGD, ``epochs`` of it back to back (coordinator ``order: async``);
+    ``secagg``, the round's secure-aggregation settings (read by :mod:`ringfl.secagg`)."""
+
+    rounds: int | None = None
+    asynchronous: bool = False
+    epochs: int = 1
+    secagg: dict[str, Any] | None = None
+
+    def to_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"async": True, "epochs": self.epochs} if self.asynchronous else {}
+        if self.rounds is not None:
+            info["rounds"] = self.rounds
+        if self.secagg is not None:
+            info["secagg"] = self.secagg
+        return info
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> RoundPlan:
+        check_round_info(info)
+        secagg = info.get("secagg")
+        return cls(rounds=info.get("rounds"), asynchronous=info.get("async", False), epochs=info.get("epochs", 1),
+                   secagg=None if secagg is None else dict(secagg))
+
+
+def check_round_info(info: Mapping[str, Any]) -> None:
+    """The ``info`` of a round start (the codec calls this through ``RoundStart.check``)."""
+    for key, low in (("rounds", 0), ("epochs", 1)):
+        value = info.get(key, low)
+        if type(value) is not int or value < low:
+            raise ValueError(f"round start: {key} must be an integer >= {low}, got {value!r}")
+    if type(info.get("async", False)) is not bool:
+        raise ValueError("round start: async must be a boolean")
+    if not isinstance(info.get("secagg", {}), Mapping):
+        raise ValueError("round start: secagg must be a map")
+
+
 GOSSIP = "gossip"
 """``Upload.kind`` of a ring neighbour's update; its ``info`` is a :class:`GossipUpdate`'s header."""
 

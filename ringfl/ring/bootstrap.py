@@ -22,7 +22,7 @@ from ringfl.config import RunConfig, check_mode
 from ringfl.errors import RunAborted, TopologyError
 from ringfl.model import load_spec
 from ringfl.protocol import JoinRequest, Neighbours, PeerReport, RejectReason, RoundStart
-from ringfl.protocol.payloads import RunDescription
+from ringfl.protocol.payloads import RoundPlan, RunDescription
 from ringfl.ring.routing import neighbour_list, neighbour_table
 from ringfl.runtime.records import Recorded, RoundRecord, RoundRecorder
 from ringfl.runtime.session import PeerSession, SessionServer
@@ -159,7 +159,7 @@ class Bootstrap(Recorded, SessionServer):
         self.started_links = True
         for session in self.alive():
             session.scheduled = True
-        await self.broadcast(self.alive(), RoundStart(round=0, info={"rounds": self.config.rounds}))
+        await self.broadcast(self.alive(), RoundStart(round=0, info=RoundPlan(rounds=self.config.rounds).to_info()))
         while self._current_round() < self.config.rounds:
             if not self.alive():
                 await self._wait_for_return()
@@ -186,7 +186,7 @@ class Bootstrap(Recorded, SessionServer):
             if not session.scheduled:
                 session.scheduled = True
                 await self.send_quietly(session, RoundStart(round=self._current_round(),
-                                                            info={"rounds": self.config.rounds}))
+                                                            info=RoundPlan(rounds=self.config.rounds).to_info()))
 
     def _round_complete(self) -> bool:
         """Every live peer reported the next round — or the first report is two deadlines old

@@ -29,7 +29,7 @@ from ringfl.model.runtime import shared_model
 from ringfl.peer import PeerBase, PeerData, PeerOptions, RunInfo, close_forcefully
 from ringfl.privacy.ledger import BudgetExhausted
 from ringfl.protocol import Ack, EndOfRun, Neighbours, PeerReport, RoundStart
-from ringfl.protocol.payloads import NeighbourTable
+from ringfl.protocol.payloads import NeighbourTable, RoundPlan
 from ringfl.ring.links import NeighbourLinks
 from ringfl.ring.neighbourhood import Neighbourhood
 from ringfl.ring.routing import neighbour_list, neighbour_table, standalone_addresses
@@ -137,7 +137,7 @@ class RingPeer(PeerBase):
                                              NeighbourTable.from_info(message.info))
                 elif isinstance(message, RoundStart):
                     self.neighbourhood.start_round = max(self.neighbourhood.start_round, message.round)
-                    self.total_rounds = int(message.info.get("rounds", 0))
+                    self.total_rounds = RoundPlan.from_info(message.info).rounds or 0
                     self.schedule.set()
                 elif isinstance(message, EndOfRun):
                     break

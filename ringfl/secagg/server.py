@@ -30,6 +30,7 @@ from ringfl.protocol.messages import (
     SecAggShares,
     SecAggUnmask,
 )
+from ringfl.protocol.payloads import RoundPlan
 from ringfl.protocol.state import SECAGG, State
 from ringfl.secagg import dp
 from ringfl.secagg.quantize import Quantizer
@@ -114,7 +115,7 @@ class SecAggCoordinator:
                                              seed=c.config.seed)
         self.failure = None
         quantizer = Quantizer(self.settings.bound, max(len(peers), 1))
-        info = {"secagg": {**self.settings.to_dict(), "summands": quantizer.max_summands}}
+        info = RoundPlan(secagg={**self.settings.to_dict(), "summands": quantizer.max_summands}).to_info()
         record: dict[str, Any] = {"round": c.round, "peers": len(peers)}
         c.round_open = True
         await c.broadcast(peers, RoundStart(round=c.round, deadline=c.config.round_timeout, info=info))
