@@ -65,7 +65,7 @@ from ringfl.protocol import (
     decode,
     encode,
 )
-from ringfl.protocol.messages import (
+from ringfl.protocol.secagg_messages import (
     SECAGG_KEY_SIZE,
     SECAGG_SEALED_SIZE,
     SECAGG_SHARE_SIZE,

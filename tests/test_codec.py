@@ -40,13 +40,8 @@ from ringfl.protocol import (
     encode_frame,
     encode_parts,
 )
-from ringfl.protocol.messages import (
-    ENVELOPE,
-    SECAGG_KEY_SIZE,
-    SECAGG_SEALED_SIZE,
-    SECAGG_SHARE_SIZE,
-    Kind,
-)
+from ringfl.protocol.messages import ENVELOPE, Kind
+from ringfl.protocol.secagg_messages import SECAGG_KEY_SIZE, SECAGG_SEALED_SIZE, SECAGG_SHARE_SIZE
 from ringfl.vectors import SparseVector
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

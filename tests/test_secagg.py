@@ -17,7 +17,12 @@ from ringfl.errors import ConfigError
 from ringfl.peer import Peer
 from ringfl.protocol import LocalProtocolError, RemoteProtocolError, decode, encode
 from ringfl.protocol.codec import Limits
-from ringfl.protocol.messages import SecAggMasked, SecAggShares, SecAggUnmask, SecAggUnmaskRequest
+from ringfl.protocol.secagg_messages import (
+    SecAggMasked,
+    SecAggShares,
+    SecAggUnmask,
+    SecAggUnmaskRequest,
+)
 from ringfl.secagg import crypto, dp
 from ringfl.secagg.quantize import Quantizer
 from ringfl.secagg.rounds import ClientRound, SecAggAbort, SecAggSettings
@@ -120,7 +125,7 @@ def test_relayed_shares_are_sealed_from_the_server() -> None:
     client = ClientRound("a", 0, "run", SecAggSettings(max_dropout=0.0), 10)
     other = ClientRound("b", 0, "run", SecAggSettings(max_dropout=0.0), 10)
     keys = {p: c.keys() for p, c in (("a", client), ("b", other))}
-    from ringfl.protocol.messages import SecAggRoster
+    from ringfl.protocol.secagg_messages import SecAggRoster
 
     roster = SecAggRoster(peers=("a", "b"), points=np.array([1, 2], np.uint32), threshold=2,
                           keys=np.concatenate([np.concatenate([keys[p].c_pk, keys[p].s_pk]) for p in "ab"]))

@@ -47,7 +47,7 @@ from ringfl.protocol import (
     format_table,
     mermaid,
 )
-from ringfl.protocol.messages import (
+from ringfl.protocol.secagg_messages import (
     SECAGG_SEALED_SIZE,
     SECAGG_SHARE_SIZE,
     SecAggInbox,

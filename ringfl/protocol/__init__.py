@@ -50,6 +50,7 @@ from ringfl.protocol.messages import (
     Upload,
     message_name,
 )
+from ringfl.protocol.secagg_messages import SecAggKeys  # noqa: F401 - registers codes 1101-1107
 from ringfl.protocol.state import (
     TRANSITIONS,
     Connection,

@@ -14,7 +14,7 @@ import trio
 
 from ringfl.config import build
 from ringfl.protocol import Ack
-from ringfl.protocol.messages import SecAggInbox, SecAggRoster, SecAggUnmaskRequest
+from ringfl.protocol.secagg_messages import SecAggInbox, SecAggRoster, SecAggUnmaskRequest
 from ringfl.secagg.dp import clip_and_noise
 from ringfl.secagg.quantize import Quantizer
 from ringfl.secagg.rounds import ClientRound, SecAggSettings

@@ -29,7 +29,7 @@ import networkx as nx
 import numpy as np
 
 from ringfl.errors import ConfigError, RingflError
-from ringfl.protocol.messages import (
+from ringfl.protocol.secagg_messages import (
     SECAGG_KEY_SIZE,
     SECAGG_SEALED_SIZE,
     SECAGG_SHARE_SIZE,

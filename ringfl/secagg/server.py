@@ -24,13 +24,13 @@ from ringfl.algorithms.base import InvalidUpdate, Update
 from ringfl.config import build
 from ringfl.errors import ConfigError
 from ringfl.protocol import Ack, AckReason, Message, RoundStart
-from ringfl.protocol.messages import (
+from ringfl.protocol.payloads import RoundPlan
+from ringfl.protocol.secagg_messages import (
     SecAggKeys,
     SecAggMasked,
     SecAggShares,
     SecAggUnmask,
 )
-from ringfl.protocol.payloads import RoundPlan
 from ringfl.protocol.state import SECAGG, State
 from ringfl.secagg import dp
 from ringfl.secagg.quantize import Quantizer
