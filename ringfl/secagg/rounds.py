@@ -1,5 +1,5 @@
 """Sans-IO secure-aggregation rounds: one :class:`ClientRound` per peer, one :class:`ServerRound`
-at the coordinator, exchanging the 11xx messages of :mod:`ringfl.protocol.messages`.
+at the coordinator, exchanging the 11xx messages of :mod:`ringfl.protocol.secagg_messages`.
 
 The protocol is Bonawitz et al. (CCS 2017), semi-honest server, with SecAgg+'s sparse graph
 (Bell et al. 2020) as an option:
