@@ -130,9 +130,9 @@ def test_dpsgd_follows_a_schedule_to_the_exact_average_and_renormalises_a_missin
 
 def simulate_message(origin, vector):
     from ringfl.algorithms import GossipMessage
-    from ringfl.algorithms.gossip import _as_sparse
+    from ringfl.algorithms.gossip import as_sparse
 
-    return GossipMessage(origin, 1, _as_sparse(np.asarray(vector, np.float32)))
+    return GossipMessage(origin, 1, as_sparse(np.asarray(vector, np.float32)))
 
 
 def test_choco_random_k_sends_k_uniform_coordinates_and_topk_the_largest():

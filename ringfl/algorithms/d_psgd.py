@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage, _as_sparse
+from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage, as_sparse
 from ringfl.vectors import SparseVector
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class DPSGD(GossipAlgorithm):
         self.round = int(round)
         self._x = np.asarray(after, dtype=np.float32)  # the caller's fresh training result: no copy
         self._received = {}
-        return [GossipMessage(self.peer_id, self.round, _as_sparse(self._x))]
+        return [GossipMessage(self.peer_id, self.round, as_sparse(self._x))]
 
     def incoming(self, sender: int, message: GossipMessage) -> list[GossipMessage]:
         """Keep the sender's model for this exchange (stale rounds and strangers are dropped)."""

@@ -162,7 +162,7 @@ class GossipAlgorithm(ABC):
             )
 
 
-def _as_sparse(vector: np.ndarray | SparseVector) -> SparseVector:
+def as_sparse(vector: np.ndarray | SparseVector) -> SparseVector:
     if isinstance(vector, SparseVector):
         return vector
     return SparseVector.dense(vector)
@@ -206,7 +206,7 @@ class SelectiveGossip(GossipAlgorithm):
         self.round = int(round)
         self._after = np.array(after, dtype=np.float32, copy=True)
         delta = self._after - np.asarray(before, dtype=np.float32)
-        self._own = _as_sparse(select_update(delta, self.settings, rng, ledger=ledger, label=round))
+        self._own = as_sparse(select_update(delta, self.settings, rng, ledger=ledger, label=round))
         return [GossipMessage(self.peer_id, self.round, self._own)]
 
     def incoming(self, sender: int, message: GossipMessage) -> list[GossipMessage]:

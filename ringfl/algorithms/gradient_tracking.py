@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage, _as_sparse
+from ringfl.algorithms.gossip import GossipAlgorithm, GossipMessage, as_sparse
 from ringfl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -66,14 +66,14 @@ class GradientTracking(GossipAlgorithm):
         else:
             self._y = self._mixed_y + d - self._d
         self._d = d
-        return [GossipMessage(self.peer_id, self.round, _as_sparse(self._y.copy()), step=_TRACKER)]
+        return [GossipMessage(self.peer_id, self.round, as_sparse(self._y.copy()), step=_TRACKER)]
 
     def next_outgoing(self, rng: np.random.Generator) -> list[GossipMessage]:
         """Step 1: the model after its tracked step, x_i − y_i."""
         if self._step != _TRACKER or self._x is None or self._y is None:
             return []
         self._step, self._received = _MODEL, {}
-        return [GossipMessage(self.peer_id, self.round, _as_sparse(self._x - self._y), step=_MODEL)]
+        return [GossipMessage(self.peer_id, self.round, as_sparse(self._x - self._y), step=_MODEL)]
 
     def incoming(self, sender: int, message: GossipMessage) -> list[GossipMessage]:
         if (self._received is None or message.round != self.round or message.step != self._step

@@ -113,7 +113,7 @@ class Message:
     """Base of all wire messages: the envelope every frame carries."""
 
     CODE: ClassVar[Code]
-    FIELDS: ClassVar[tuple[tuple[str, Kind], ...]]  # message-specific fields, filled by @_message
+    FIELDS: ClassVar[tuple[tuple[str, Kind], ...]]  # message-specific fields, filled by @message_type
 
     round: int = 0
     seq: int = 0
@@ -160,7 +160,7 @@ _KIND_OF_HINT: dict[Any, Kind] = {
 }
 
 
-def _message(code: Code):
+def message_type(code: Code):
     """Make a message dataclass, derive its wire fields from the type hints and register it."""
 
     def wrap(cls: type[Message]) -> type[Message]:
@@ -193,7 +193,7 @@ def _values_equal(a: Any, b: Any) -> bool:
 # --- client -> server (the side that dialled) -------------------------------------------------
 
 
-@_message(Code.JOIN)
+@message_type(Code.JOIN)
 class JoinRequest(Message):
     """1001: ask to take part. ``address`` is where the peer listens (ring mode), if anywhere."""
 
@@ -202,7 +202,7 @@ class JoinRequest(Message):
     info: Metadata = field(default_factory=dict)
 
 
-@_message(Code.PARAMS_REQUEST)
+@message_type(Code.PARAMS_REQUEST)
 class ParamsRequest(Message):
     """1002: ask for the model parameters; ``fraction`` is DSSGD's download share θd."""
 
@@ -213,14 +213,14 @@ class ParamsRequest(Message):
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
 
 
-@_message(Code.SPEC_CONFIRM)
+@message_type(Code.SPEC_CONFIRM)
 class SpecConfirm(Message):
     """1003: confirm the model spec by its hash; an empty hash asks for the full spec."""
 
     spec_hash: str = ""
 
 
-@_message(Code.UPLOAD)
+@message_type(Code.UPLOAD)
 class Upload(Message):
     """1004: a (usually sparse) update. ``kind`` says what it holds, e.g. "delta" or "params"."""
 
@@ -237,7 +237,7 @@ class Upload(Message):
             check_gossip_info(self.info)
 
 
-@_message(Code.REPORT)
+@message_type(Code.REPORT)
 class PeerReport(Message):
     """Per-round metrics (loss, accuracy, ε spent, timings...) for the coordinator's records."""
 
@@ -247,7 +247,7 @@ class PeerReport(Message):
 # --- server -> client (the coordinator, or the neighbour receiving updates) ------------------
 
 
-@_message(Code.ACCEPT)
+@message_type(Code.ACCEPT)
 class Accept(Message):
     """Join accepted; announces the model size and spec hash the session will use."""
 
@@ -257,7 +257,7 @@ class Accept(Message):
     info: Metadata = field(default_factory=dict)
 
 
-@_message(Code.REJECT)
+@message_type(Code.REJECT)
 class Reject(Message):
     """Join refused (:class:`RejectReason`); the server closes after sending it."""
 
@@ -265,7 +265,7 @@ class Reject(Message):
     detail: str = ""
 
 
-@_message(Code.SPEC_REPLY)
+@message_type(Code.SPEC_REPLY)
 class SpecReply(Message):
     """Answer to 1003: ``ok`` if the hash matched, else the full canonical spec JSON."""
 
@@ -278,7 +278,7 @@ class SpecReply(Message):
             raise ValueError("spec_json must be empty when ok is true and present otherwise")
 
 
-@_message(Code.PARAMS)
+@message_type(Code.PARAMS)
 class Params(Message):
     """Reply to 1002: the model (dense, or sparse when θd < 1) at ``model_version``."""
 
@@ -286,7 +286,7 @@ class Params(Message):
     model_version: int = 0
 
 
-@_message(Code.ACK)
+@message_type(Code.ACK)
 class Ack(Message):
     """Reply to 1004: whether the upload with sequence number ``ack_seq`` was applied."""
 
@@ -302,7 +302,7 @@ class Ack(Message):
             )
 
 
-@_message(Code.NEIGHBOURS)
+@message_type(Code.NEIGHBOURS)
 class Neighbours(Message):
     """The peers to exchange updates with, pushed at any time after accept (re-linking)."""
 
@@ -314,7 +314,7 @@ class Neighbours(Message):
         object.__setattr__(self, "neighbours", tuple(self.neighbours))  # lists compare unequal
 
 
-@_message(Code.ROUND_START)
+@message_type(Code.ROUND_START)
 class RoundStart(Message):
     """Round ``round`` begins; ``deadline`` is seconds from receipt (0: none)."""
 
@@ -330,7 +330,7 @@ class RoundStart(Message):
         check_round_info(self.info)
 
 
-@_message(Code.END_OF_RUN)
+@message_type(Code.END_OF_RUN)
 class EndOfRun(Message):
     """The run is over: no more rounds, requests are no longer answered."""
 
@@ -340,19 +340,19 @@ class EndOfRun(Message):
 # --- either side ------------------------------------------------------------------------------
 
 
-@_message(Code.HEARTBEAT)
+@message_type(Code.HEARTBEAT)
 class Heartbeat(Message):
     """Liveness ping; carries only the envelope."""
 
 
-@_message(Code.GOODBYE)
+@message_type(Code.GOODBYE)
 class Goodbye(Message):
     """The sender will send nothing more on this connection."""
 
     reason: str = ""
 
 
-@_message(Code.ERROR)
+@message_type(Code.ERROR)
 class Error(Message):
     """The sender detected a fatal problem (:class:`ErrorCode`) and is closing."""
 

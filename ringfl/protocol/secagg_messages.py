@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ringfl.protocol.messages import Bytes, Code, Ids, Message, Words, _message
+from ringfl.protocol.messages import Bytes, Code, Ids, Message, Words, message_type
 
 SECAGG_KEY_SIZE = 32  # X25519 public keys, seed commitments
 SECAGG_SHARE_SIZE = 66  # one Shamir share: an element of GF(2^521 - 1), big-endian
@@ -22,7 +22,7 @@ def _check_ids(name: str, ids: tuple[str, ...]) -> None:
         raise ValueError(f"{name} lists a peer twice")
 
 
-@_message(Code.SECAGG_KEYS)
+@message_type(Code.SECAGG_KEYS)
 class SecAggKeys(Message):
     """C: this round's public keys (share encryption, pairwise masks) and SHA-256 of the self-mask seed."""
 
@@ -35,7 +35,7 @@ class SecAggKeys(Message):
             _check_blob(name, getattr(self, name), 1, SECAGG_KEY_SIZE)
 
 
-@_message(Code.SECAGG_ROSTER)
+@message_type(Code.SECAGG_ROSTER)
 class SecAggRoster(Message):
     """S: the recipient's neighbourhood (itself included): ids, Shamir x-coordinates, both public
     keys of each (``keys``: c_pk || s_pk per peer) and the share threshold."""
@@ -57,7 +57,7 @@ class SecAggRoster(Message):
             raise ValueError(f"threshold must be in [1, {len(self.peers)}], got {self.threshold}")
 
 
-@_message(Code.SECAGG_SHARES)
+@message_type(Code.SECAGG_SHARES)
 class SecAggShares(Message):
     """C: one sealed pair of shares per neighbour, for the server to relay."""
 
@@ -72,7 +72,7 @@ class SecAggShares(Message):
         _check_blob("sealed", self.sealed, len(self.recipients), SECAGG_SEALED_SIZE)
 
 
-@_message(Code.SECAGG_INBOX)
+@message_type(Code.SECAGG_INBOX)
 class SecAggInbox(Message):
     """S: the sealed shares addressed to the recipient, by sender; these senders' masks apply."""
 
@@ -87,7 +87,7 @@ class SecAggInbox(Message):
         _check_blob("sealed", self.sealed, len(self.senders), SECAGG_SEALED_SIZE)
 
 
-@_message(Code.SECAGG_MASKED)
+@message_type(Code.SECAGG_MASKED)
 class SecAggMasked(Message):
     """C: the quantised update plus self-mask and pairwise masks, in Z_2^32."""
 
@@ -95,7 +95,7 @@ class SecAggMasked(Message):
     num_samples: int = 0
 
 
-@_message(Code.SECAGG_UNMASK_REQUEST)
+@message_type(Code.SECAGG_UNMASK_REQUEST)
 class SecAggUnmaskRequest(Message):
     """S: whose masked input arrived (reveal the self-mask share) and who dropped after sharing
     (reveal the mask-key share). A peer never reveals both for one sender."""
@@ -111,7 +111,7 @@ class SecAggUnmaskRequest(Message):
         _check_ids("survivors + dropped", self.survivors + self.dropped)
 
 
-@_message(Code.SECAGG_UNMASK)
+@message_type(Code.SECAGG_UNMASK)
 class SecAggUnmask(Message):
     """C: the requested shares that decrypted, one ``SECAGG_SHARE_SIZE`` slot per listed peer."""
 

@@ -13,8 +13,8 @@ import networkx as nx
 import yaml
 
 from ringfl.errors import TopologyError
-from ringfl.topology.model import Topology, _Invalid, _reported
-from ringfl.topology.schema import _from_mapping
+from ringfl.topology.model import InvalidTopology, Topology, reported
+from ringfl.topology.schema import parse_mapping
 
 _EXTENSIONS = {
     ".yaml": "yaml",
@@ -35,7 +35,7 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"topology file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TopologyError(f"cannot read topology file {p}: {exc}") from None
-    with _reported(str(p)):
+    with reported(str(p)):
         return _LOADERS[_sniff(p, text)](text, p.stem)
 
 
@@ -52,7 +52,7 @@ def _sniff(path: Path, text: str) -> str:
         return "graphml"
     first = next(_data_lines(text), None)
     if first is None:
-        raise _Invalid("file is empty")
+        raise InvalidTopology("file is empty")
     tokens = first[1]
     if len(tokens) == 1 and tokens[0].isdigit():
         return "decentralizepy"
@@ -76,12 +76,12 @@ def _load_yaml(text: str, stem: str) -> Topology:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-        raise _Invalid(f"invalid YAML{where}: {problem}") from None
+        raise InvalidTopology(f"invalid YAML{where}: {problem}") from None
     if data is None:
-        raise _Invalid("file is empty")
+        raise InvalidTopology("file is empty")
     if isinstance(data, dict):
         data.setdefault("name", stem)
-    return _from_mapping(data)
+    return parse_mapping(data)
 
 
 def _load_decentralizepy(text: str, stem: str) -> Topology:
@@ -92,10 +92,10 @@ def _load_decentralizepy(text: str, stem: str) -> Topology:
     graph.add_nodes_from(range(n))
     for lineno, tokens in rest:
         if len(tokens) != 2 or not all(re.fullmatch(r"-?\d+", t) for t in tokens):
-            raise _Invalid(f"line {lineno}: expected 'u v' node numbers, got {' '.join(tokens)!r}")
+            raise InvalidTopology(f"line {lineno}: expected 'u v' node numbers, got {' '.join(tokens)!r}")
         for node in map(int, tokens):
             if not 0 <= node < n:
-                raise _Invalid(
+                raise InvalidTopology(
                     f"line {lineno}: unknown node id {node} (the first line says {n} nodes: 0..{n - 1})"
                 )
         graph.add_edge(*map(int, tokens))
@@ -107,7 +107,7 @@ def _load_edgelist(text: str, stem: str) -> Topology:
     graph = nx.Graph()
     for lineno, tokens in _data_lines(text):
         if len(tokens) < 2:
-            raise _Invalid(f"line {lineno}: expected 'u v', got {tokens[0]!r}")
+            raise InvalidTopology(f"line {lineno}: expected 'u v', got {tokens[0]!r}")
         graph.add_edge(tokens[0], tokens[1])
     return _from_graph(graph, stem)
 
@@ -125,7 +125,7 @@ def _load_graphml(text: str, stem: str) -> Topology:
     try:
         graph = nx.parse_graphml(text)
     except (nx.NetworkXError, ET.ParseError, ValueError, KeyError) as exc:
-        raise _Invalid(f"invalid GraphML: {' '.join(str(exc).split())}") from None
+        raise InvalidTopology(f"invalid GraphML: {' '.join(str(exc).split())}") from None
     simple = nx.DiGraph(graph) if graph.is_directed() else nx.Graph(graph)  # merge parallel edges
     return _from_graph(simple, str(graph.graph.get("name") or stem))
 
@@ -144,7 +144,7 @@ def _from_graph(graph: nx.Graph, name: str) -> Topology:
         address = graph.nodes[v].get("address")
         return v if address is None else {"id": v, "address": address}
 
-    return _from_mapping(
+    return parse_mapping(
         {
             "name": name,
             "directed": graph.is_directed(),

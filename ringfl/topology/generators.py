@@ -15,11 +15,11 @@ import networkx as nx
 
 from ringfl.topology.model import (
     RANDOM_TRIES,
-    _graph,
-    _int,
-    _Invalid,
-    _is_connected,
-    _probability,
+    InvalidTopology,
+    checked_int,
+    checked_probability,
+    is_connected,
+    make_graph,
 )
 
 # Each builder takes (n, rng, directed, **params); its keyword defaults *are* the schema's
@@ -36,7 +36,7 @@ def _bidirectional_ring(n: int, rng: random.Random, directed: bool) -> nx.Graph:
 
 
 def _k_nearest_ring(n: int, rng: random.Random, directed: bool, k: int = 2) -> nx.Graph:
-    return nx.circulant_graph(n, range(1, _int(k, "k", 1, n // 2) + 1))
+    return nx.circulant_graph(n, range(1, checked_int(k, "k", 1, n // 2) + 1))
 
 
 def _line(n: int, rng: random.Random, directed: bool) -> nx.Graph:
@@ -66,22 +66,22 @@ def _grid(
 def _small_world(
     n: int, rng: random.Random, directed: bool, k: int = 4, p: float = 0.1
 ) -> nx.Graph:
-    k, p = _int(k, "k", 2, n - 1), _probability(p, "p")
+    k, p = checked_int(k, "k", 2, n - 1), checked_probability(p, "p")
     try:
         return nx.connected_watts_strogatz_graph(n, k, p, tries=RANDOM_TRIES, seed=rng)
     except nx.NetworkXError as exc:
-        raise _Invalid(f"no connected graph with k={k}, p={p}: {exc}") from None
+        raise InvalidTopology(f"no connected graph with k={k}, p={p}: {exc}") from None
 
 
 def _random_regular(n: int, rng: random.Random, directed: bool, degree: int = 3) -> nx.Graph:
-    d = _int(degree, "degree", 1, n - 1)
+    d = checked_int(degree, "degree", 1, n - 1)
     if n * d % 2:
-        raise _Invalid(f"degree * nodes must be even, got {d} * {n}")
+        raise InvalidTopology(f"degree * nodes must be even, got {d} * {n}")
     return _connected(lambda: nx.random_regular_graph(d, n, seed=rng), f"degree={d}")
 
 
 def _erdos_renyi(n: int, rng: random.Random, directed: bool, p: float) -> nx.Graph:
-    p = _probability(p, "p")
+    p = checked_probability(p, "p")
     return _connected(lambda: nx.gnp_random_graph(n, p, seed=rng, directed=directed), f"p={p}")
 
 
@@ -102,15 +102,15 @@ def _exponential(n: int, rng: random.Random, directed: bool) -> nx.Graph:
 def _one_peer_exponential_phases(n: int) -> list[nx.DiGraph]:
     """Phase t: every node sends to i + 2^t mod n only, weights ½ / ½. For n a power of two the
     log2 n phases multiply to exactly 11ᵀ/n: after them every peer holds the average."""
-    return [_graph(n, True, ((i, (i + 2**t) % n) for i in range(n))) for t in range(_exponent_count(n))]
+    return [make_graph(n, True, ((i, (i + 2**t) % n) for i in range(n))) for t in range(_exponent_count(n))]
 
 
-_SCHEDULES: dict[str, Callable[[int], list[nx.DiGraph]]] = {
+SCHEDULES: dict[str, Callable[[int], list[nx.DiGraph]]] = {
     "one-peer-exponential": _one_peer_exponential_phases,
 }
 
 
-_GENERATORS: dict[str, Callable[..., nx.Graph]] = {
+GENERATORS: dict[str, Callable[..., nx.Graph]] = {
     "ring": _ring,
     "bidirectional-ring": _bidirectional_ring,
     "k-nearest-ring": _k_nearest_ring,
@@ -123,30 +123,30 @@ _GENERATORS: dict[str, Callable[..., nx.Graph]] = {
     "random-regular": _random_regular,
     "erdos-renyi": _erdos_renyi,
     "exponential": _exponential,
-    "one-peer-exponential": _exponential,  # the union of its phases; the schedule is _SCHEDULES'
+    "one-peer-exponential": _exponential,  # the union of its phases; the schedule is SCHEDULES'
 }
-GENERATOR_KINDS = tuple(_GENERATORS)
+GENERATOR_KINDS = tuple(GENERATORS)
 
 
-def _generator_params(kind: str) -> dict[str, Any]:
+def generator_params(kind: str) -> dict[str, Any]:
     """``{param: default}`` of a generator; ``inspect.Parameter.empty`` marks required ones."""
-    params = list(inspect.signature(_GENERATORS[kind]).parameters.values())[3:]
+    params = list(inspect.signature(GENERATORS[kind]).parameters.values())[3:]
     return {p.name: p.default for p in params}
 
 
-def _lattice_shape(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:
+def lattice_shape(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:
     """Rows x cols for ``n`` nodes; a missing side follows from the other, both missing: squarest."""
     if rows is None and cols is None:
         rows = max(r for r in range(1, int(n**0.5) + 1) if n % r == 0)
-    rows = n // _int(cols, "cols", 1) if rows is None else _int(rows, "rows", 1)
-    cols = n // rows if cols is None else _int(cols, "cols", 1)
+    rows = n // checked_int(cols, "cols", 1) if rows is None else checked_int(rows, "rows", 1)
+    cols = n // rows if cols is None else checked_int(cols, "cols", 1)
     if rows * cols != n:
-        raise _Invalid(f"rows * cols = {rows} * {cols} = {rows * cols}, but there are {n} nodes")
+        raise InvalidTopology(f"rows * cols = {rows} * {cols} = {rows * cols}, but there are {n} nodes")
     return rows, cols
 
 
 def _lattice(n: int, rows: int | None, cols: int | None, periodic: bool) -> nx.Graph:
-    rows, cols = _lattice_shape(n, rows, cols)
+    rows, cols = lattice_shape(n, rows, cols)
     grid = nx.grid_2d_graph(rows, cols, periodic=periodic)
     return nx.relabel_nodes(grid, {(r, c): r * cols + c for r, c in grid})
 
@@ -155,6 +155,6 @@ def _connected(sample: Callable[[], nx.Graph], what: str) -> nx.Graph:
     """Draw until connected; the draws share one seeded RNG, so the result depends on the seed only."""
     for _ in range(RANDOM_TRIES):
         graph = sample()
-        if _is_connected(graph):
+        if is_connected(graph):
             return graph
-    raise _Invalid(f"no connected graph with {what} in {RANDOM_TRIES} tries; make it denser")
+    raise InvalidTopology(f"no connected graph with {what} in {RANDOM_TRIES} tries; make it denser")

@@ -27,16 +27,16 @@ MIN_NODES = 2  # one peer has nobody to learn with: that is local training, not 
 RANDOM_TRIES = 100  # samples a random generator may draw before giving up on connectivity
 
 
-class _Invalid(TopologyError):
+class InvalidTopology(TopologyError):
     """A problem found below a public entry point, which prefixes it with the source."""
 
 
 @contextmanager
-def _reported(source: str) -> Iterator[None]:
-    """Turn an :class:`_Invalid` into a one-line :class:`TopologyError` naming ``source``."""
+def reported(source: str) -> Iterator[None]:
+    """Turn an :class:`InvalidTopology` into a one-line :class:`TopologyError` naming ``source``."""
     try:
         yield
-    except _Invalid as exc:
+    except InvalidTopology as exc:
         raise TopologyError(f"{source}: {exc}") from None
 
 
@@ -95,8 +95,8 @@ class Topology:
 
 def mixing_matrix(graph: nx.Graph, scheme: str = MH) -> np.ndarray:
     """The mixing matrix of ``graph`` (rows/columns in node order); see docs/topology.md."""
-    with _reported("mixing matrix"):
-        return _mixing_matrix(graph, scheme)
+    with reported("mixing matrix"):
+        return weights_of(graph, scheme)
 
 
 def spectral_gap(weights: np.ndarray) -> float:
@@ -125,21 +125,21 @@ def relink_without(top: Topology, dead: Iterable[int]) -> Topology:
     dead = set(dead)
     if not dead:
         return top
-    with _reported(f"topology {top.name}"):
+    with reported(f"topology {top.name}"):
         unknown = sorted(d for d in dead if d not in range(top.n))
         if unknown:
-            raise _Invalid(f"cannot remove unknown node(s) {unknown}; nodes are 0..{top.n - 1}")
+            raise InvalidTopology(f"cannot remove unknown node(s) {unknown}; nodes are 0..{top.n - 1}")
         survivors = [i for i in range(top.n) if i not in dead]
         if not survivors:
-            raise _Invalid("cannot remove every node")
-        graph = _graph(top.n, top.directed, top.graph.edges)
+            raise InvalidTopology("cannot remove every node")
+        graph = make_graph(top.n, top.directed, top.graph.edges)
         for d in sorted(dead):
             _bridge(graph, d)
         new = {old: i for i, old in enumerate(survivors)}
         gone = "-".join(top.labels[d] for d in sorted(dead))
-        return _assemble(
+        return assemble(
             name=f"{top.name}-without-{gone}",
-            graph=_graph(len(survivors), top.directed, ((new[u], new[v]) for u, v in graph.edges)),
+            graph=make_graph(len(survivors), top.directed, ((new[u], new[v]) for u, v in graph.edges)),
             labels=[top.labels[i] for i in survivors],
             addresses={new[i]: a for i, a in top.addresses.items() if i in new},
             scheme=MH if top.scheme == "explicit" else top.scheme,
@@ -165,13 +165,13 @@ def averaging_error(weights: np.ndarray) -> float:
 # --- value checks shared by the schema and the generators ---------------------------------
 
 
-def _scheme(value: Any) -> str:
+def checked_scheme(value: Any) -> str:
     if value not in SCHEMES:
-        raise _Invalid(f"unknown weights scheme {value!r}; valid: {', '.join(SCHEMES)}")
+        raise InvalidTopology(f"unknown weights scheme {value!r}; valid: {', '.join(SCHEMES)}")
     return value
 
 
-def _int(value: Any, what: str, lo: int, hi: int | None = None) -> int:
+def checked_int(value: Any, what: str, lo: int, hi: int | None = None) -> int:
     if (
         isinstance(value, bool)
         or not isinstance(value, int)
@@ -179,27 +179,27 @@ def _int(value: Any, what: str, lo: int, hi: int | None = None) -> int:
         or (hi is not None and value > hi)
     ):
         bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise _Invalid(f"{what} must be an integer {bound}, got {value!r}")
+        raise InvalidTopology(f"{what} must be an integer {bound}, got {value!r}")
     return value
 
 
-def _number(value: Any, what: str) -> float:
+def checked_number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(f"{what} must be a number, got {value!r}")
+        raise InvalidTopology(f"{what} must be a number, got {value!r}")
     return float(value)
 
 
-def _probability(value: Any, what: str) -> float:
-    p = _number(value, what)
+def checked_probability(value: Any, what: str) -> float:
+    p = checked_number(value, what)
     if not 0.0 <= p <= 1.0:
-        raise _Invalid(f"{what} must be in [0, 1], got {value!r}")
+        raise InvalidTopology(f"{what} must be in [0, 1], got {value!r}")
     return p
 
 
 # --- assembly, weights, validation -------------------------------------------------------
 
 
-def _graph(n: int, directed: bool, edges: Iterable[tuple]) -> nx.Graph:
+def make_graph(n: int, directed: bool, edges: Iterable[tuple]) -> nx.Graph:
     """A fresh graph on nodes 0..n-1 (in that order) with ``edges``."""
     graph = nx.DiGraph() if directed else nx.Graph()
     graph.add_nodes_from(range(n))
@@ -207,7 +207,7 @@ def _graph(n: int, directed: bool, edges: Iterable[tuple]) -> nx.Graph:
     return graph
 
 
-def _assemble(
+def assemble(
     *,
     name: str,
     graph: nx.Graph,
@@ -220,8 +220,8 @@ def _assemble(
     """Validate a built graph, compute its weights and freeze the result."""
     _check_structure(graph, labels)
     _check_addresses(addresses, labels)
-    weights = _mixing_matrix(graph, scheme)
-    _check_stochastic(weights, labels)
+    weights = weights_of(graph, scheme)
+    check_stochastic(weights, labels)
     weights.setflags(write=False)
     return Topology(
         name=name,
@@ -236,15 +236,15 @@ def _assemble(
     )
 
 
-def _is_connected(graph: nx.Graph) -> bool:
+def is_connected(graph: nx.Graph) -> bool:
     return nx.is_strongly_connected(graph) if graph.is_directed() else nx.is_connected(graph)
 
 
 def _check_structure(graph: nx.Graph, labels: list[str]) -> None:
     loops = list(nx.nodes_with_selfloops(graph))
     if loops:
-        raise _Invalid(f"self loop on node {labels[loops[0]]}")
-    if _is_connected(graph):
+        raise InvalidTopology(f"self loop on node {labels[loops[0]]}")
+    if is_connected(graph):
         return
     directed = graph.is_directed()
     parts = list(
@@ -254,7 +254,7 @@ def _check_structure(graph: nx.Graph, labels: list[str]) -> None:
     cut_off = ", ".join(labels[i] for i in smallest[:5]) + (", ..." if len(smallest) > 5 else "")
     what = "not strongly connected: it has" if directed else "disconnected: it has"
     sizes = ", ".join(str(len(p)) for p in sorted(parts, key=len, reverse=True))
-    raise _Invalid(
+    raise InvalidTopology(
         f"graph is {what} {len(parts)} components (sizes {sizes}); smallest component: {cut_off}"
     )
 
@@ -263,13 +263,13 @@ def _check_addresses(addresses: dict[int, str], labels: list[str]) -> None:
     owner: dict[str, int] = {}
     for node, address in sorted(addresses.items()):
         if address in owner:
-            raise _Invalid(
+            raise InvalidTopology(
                 f"nodes {labels[owner[address]]} and {labels[node]} share address {address}"
             )
         owner[address] = node
 
 
-def _check_stochastic(weights: np.ndarray, labels: list[str]) -> None:
+def check_stochastic(weights: np.ndarray, labels: list[str]) -> None:
     """Every row nonnegative and summing to 1, so mixing preserves the scale of the model."""
     for i, row in enumerate(weights):
         j = int(np.argmin(row))
@@ -279,13 +279,13 @@ def _check_stochastic(weights: np.ndarray, labels: list[str]) -> None:
                 if i == j
                 else f"node {labels[j]}"
             )
-            raise _Invalid(f"weights of node {labels[i]}: negative weight {row[j]:g} for {target}")
+            raise InvalidTopology(f"weights of node {labels[i]}: negative weight {row[j]:g} for {target}")
         total = row.sum()
         if abs(total - 1.0) > TOLERANCE:
-            raise _Invalid(f"weights of node {labels[i]} sum to {total:g}, not 1")
+            raise InvalidTopology(f"weights of node {labels[i]} sum to {total:g}, not 1")
 
 
-def _mixing_matrix(graph: nx.Graph, scheme: str) -> np.ndarray:
+def weights_of(graph: nx.Graph, scheme: str) -> np.ndarray:
     """Row ``i`` = weights node ``i`` gives to its in-neighbours; the diagonal takes the rest.
 
     metropolis-hastings: ``W[v, u] = 1 / (1 + max(indeg(v), outdeg(u)))`` for an edge ``u -> v``
@@ -293,7 +293,7 @@ def _mixing_matrix(graph: nx.Graph, scheme: str) -> np.ndarray:
     stochastic). uniform: ``1 / (1 + indeg(v))``. explicit: the edge's ``weight`` attribute and
     the node's optional ``self_weight``.
     """
-    _scheme(scheme)
+    checked_scheme(scheme)
     directed = graph.is_directed()
     nodes = list(graph)
     pos = {v: i for i, v in enumerate(nodes)}
@@ -309,7 +309,7 @@ def _mixing_matrix(graph: nx.Graph, scheme: str) -> np.ndarray:
             elif "weight" in data:
                 weight = float(data["weight"])
             else:
-                raise _Invalid(f"edge {src} -> {dst} has no weight")
+                raise InvalidTopology(f"edge {src} -> {dst} has no weight")
             w[pos[dst], pos[src]] = weight
     for v, i in pos.items():
         rest = 1.0 - w[i].sum()

@@ -9,7 +9,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from ringfl.topology.generators import _lattice_shape
+from ringfl.topology.generators import lattice_shape
 from ringfl.topology.model import Topology, averaging_error, period_product, spectral_gap
 
 _CIRCULAR_KINDS = ("ring", "bidirectional-ring", "k-nearest-ring", "complete")
@@ -107,7 +107,7 @@ def _layout(top: Topology) -> dict[int, tuple[float, float]]:
     """Grid positions for lattices, a circle for rings and cliques, a seeded spring otherwise."""
     kind = (top.generator or {}).get("kind")
     if kind in ("torus", "grid"):
-        _, cols = _lattice_shape(top.n, top.generator.get("rows"), top.generator.get("cols"))
+        _, cols = lattice_shape(top.n, top.generator.get("rows"), top.generator.get("cols"))
         return {i: (float(i % cols), -float(i // cols)) for i in range(top.n)}
     if kind in _CIRCULAR_KINDS or _is_ring(top.graph):
         layout = nx.circular_layout(top.graph)

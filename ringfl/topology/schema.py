@@ -15,20 +15,20 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from ringfl.topology.generators import _GENERATORS, _SCHEDULES, _generator_params
+from ringfl.topology.generators import GENERATORS, SCHEDULES, generator_params
 from ringfl.topology.model import (
     MH,
     MIN_NODES,
+    InvalidTopology,
     Topology,
-    _assemble,
-    _check_stochastic,
-    _graph,
-    _int,
-    _Invalid,
-    _mixing_matrix,
-    _number,
-    _reported,
-    _scheme,
+    assemble,
+    check_stochastic,
+    checked_int,
+    checked_number,
+    checked_scheme,
+    make_graph,
+    reported,
+    weights_of,
 )
 
 _TOP_KEYS = (
@@ -47,8 +47,8 @@ _NODE_KEYS = ("id", "address")
 
 def from_mapping(data: Any, source: str = "<mapping>") -> Topology:
     """Build a topology from the YAML schema given as a (parsed) mapping."""
-    with _reported(source):
-        return _from_mapping(data)
+    with reported(source):
+        return parse_mapping(data)
 
 
 def generate(
@@ -75,30 +75,30 @@ def generate(
 # --- the YAML schema ---------------------------------------------------------------------
 
 
-def _from_mapping(data: Any) -> Topology:
+def parse_mapping(data: Any) -> Topology:
     if not isinstance(data, Mapping):
-        raise _Invalid(f"a topology must be a mapping, got {type(data).__name__}")
+        raise InvalidTopology(f"a topology must be a mapping, got {type(data).__name__}")
     unknown = sorted(str(k) for k in data if k not in _TOP_KEYS)
     if unknown:
-        raise _Invalid(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_TOP_KEYS)}")
+        raise InvalidTopology(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_TOP_KEYS)}")
     labels, addresses = _parse_nodes(data.get("nodes"))
     if len(labels) < MIN_NODES:
-        raise _Invalid(f"a topology needs at least {MIN_NODES} nodes, got {len(labels)}")
+        raise InvalidTopology(f"a topology needs at least {MIN_NODES} nodes, got {len(labels)}")
     directed = data.get("directed", False)
     if not isinstance(directed, bool):
-        raise _Invalid(f"'directed' must be true or false, got {directed!r}")
-    scheme = _scheme(data.get("weights", MH))
+        raise InvalidTopology(f"'directed' must be true or false, got {directed!r}")
+    scheme = checked_scheme(data.get("weights", MH))
     index = {label: i for i, label in enumerate(labels)}
     graph, generator = _structure(data, index, directed, scheme)
     _set_self_weights(graph, data.get("self_weights"), index, scheme)
     name = data.get("name", "topology")
     if not isinstance(name, str) or not name:
-        raise _Invalid(f"'name' must be a non-empty string, got {name!r}")
+        raise InvalidTopology(f"'name' must be a non-empty string, got {name!r}")
     bootstrap = data.get("bootstrap")
     phases = _phases(data, graph, generator, index, scheme)
     if phases:  # the links of every phase: addresses and the static fallback come from the union
-        graph = _graph(len(labels), directed, {e for p in phases for e in p.edges})
-    top = _assemble(
+        graph = make_graph(len(labels), directed, {e for p in phases for e in p.edges})
+    top = assemble(
         name=name,
         graph=graph,
         labels=labels,
@@ -120,30 +120,30 @@ def _phases(data: Mapping, graph: nx.Graph, generator: dict[str, Any] | None,
     weights)."""
     spec = data.get("schedule")
     kind = (generator or {}).get("kind")
-    if kind in _SCHEDULES:
+    if kind in SCHEDULES:
         if spec is not None:
-            raise _Invalid(f"generator {kind} makes its own schedule; drop 'schedule'")
-        return _SCHEDULES[kind](graph.number_of_nodes())
+            raise InvalidTopology(f"generator {kind} makes its own schedule; drop 'schedule'")
+        return SCHEDULES[kind](graph.number_of_nodes())
     if spec is None:
         return []
     if not isinstance(spec, list) or not spec:
-        raise _Invalid(f"'schedule' must be a non-empty list of phases (lists of edges), got {spec!r}")
+        raise InvalidTopology(f"'schedule' must be a non-empty list of phases (lists of edges), got {spec!r}")
     phases = []
     for t, edges in enumerate(spec):
         where = f"schedule phase {t}"
         if not isinstance(edges, list):
-            raise _Invalid(f"{where}: expected a list of [sender, receiver] edges, got {edges!r}")
+            raise InvalidTopology(f"{where}: expected a list of [sender, receiver] edges, got {edges!r}")
         try:
-            phases.append(_graph(len(index), True, _parse_edges(edges, index, True, scheme)))
-        except _Invalid as exc:
-            raise _Invalid(f"{where}: {exc}") from None
+            phases.append(make_graph(len(index), True, _parse_edges(edges, index, True, scheme)))
+        except InvalidTopology as exc:
+            raise InvalidTopology(f"{where}: {exc}") from None
     return phases
 
 
 def _phase_weights(phase: nx.DiGraph, labels: list[str], scheme: str) -> np.ndarray:
     """A phase's mixing matrix; a phase need not be connected (the period must mix)."""
-    weights = _mixing_matrix(phase, scheme)
-    _check_stochastic(weights, labels)
+    weights = weights_of(phase, scheme)
+    check_stochastic(weights, labels)
     weights.setflags(write=False)
     return weights
 
@@ -153,33 +153,33 @@ def _structure(
 ) -> tuple[nx.Graph, dict[str, Any] | None]:
     """The graph from exactly one of ``generator`` and ``edges``."""
     if "generator" in data and "edges" in data:
-        raise _Invalid("give either 'generator' or 'edges', not both")
+        raise InvalidTopology("give either 'generator' or 'edges', not both")
     if "generator" not in data and "edges" not in data:
         if "schedule" in data:  # the links are the union of the phases'
-            return _graph(len(index), True, ()), None
-        raise _Invalid("missing both 'generator' and 'edges'; give exactly one")
+            return make_graph(len(index), True, ()), None
+        raise InvalidTopology("missing both 'generator' and 'edges'; give exactly one")
     if "edges" in data:
         edges = _parse_edges(data["edges"], index, directed, scheme)
-        return _graph(len(index), directed, edges), None
+        return make_graph(len(index), directed, edges), None
     if scheme == "explicit":
-        raise _Invalid("weights: explicit needs weighted 'edges', not a generator")
+        raise InvalidTopology("weights: explicit needs weighted 'edges', not a generator")
     return _generated(data["generator"], index, directed)
 
 
 def _parse_nodes(spec: Any) -> tuple[list[str], dict[int, str]]:
     if spec is None:
-        raise _Invalid("missing 'nodes' (a count or a list of ids)")
+        raise InvalidTopology("missing 'nodes' (a count or a list of ids)")
     if isinstance(spec, int) and not isinstance(spec, bool):
-        return [str(i) for i in range(_int(spec, "'nodes'", 0))], {}
+        return [str(i) for i in range(checked_int(spec, "'nodes'", 0))], {}
     if not isinstance(spec, list):
-        raise _Invalid(f"'nodes' must be a count or a list of ids, got {spec!r}")
+        raise InvalidTopology(f"'nodes' must be a count or a list of ids, got {spec!r}")
     labels: list[str] = []
     addresses: dict[int, str] = {}
     seen: set[str] = set()
     for i, item in enumerate(spec):
         label, address = _parse_node(item)
         if label in seen:
-            raise _Invalid(f"duplicate node id {label}")
+            raise InvalidTopology(f"duplicate node id {label}")
         seen.add(label)
         labels.append(label)
         if address is not None:
@@ -193,11 +193,11 @@ def _parse_node(item: Any) -> tuple[str, str | None]:
         return _node_id(item), None
     unknown = sorted(str(k) for k in item if k not in _NODE_KEYS)
     if unknown:
-        raise _Invalid(
+        raise InvalidTopology(
             f"node entry {dict(item)}: unknown key(s) {', '.join(unknown)}; valid: id, address"
         )
     if "id" not in item:
-        raise _Invalid(f"node entry {dict(item)} has no 'id'")
+        raise InvalidTopology(f"node entry {dict(item)} has no 'id'")
     label = _node_id(item["id"])
     address = item.get("address")
     return label, None if address is None else _address(address, f"address of node {label}")
@@ -205,13 +205,13 @@ def _parse_node(item: Any) -> tuple[str, str | None]:
 
 def _node_id(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
-        raise _Invalid(f"node id must be an integer or a non-empty string, got {value!r}")
+        raise InvalidTopology(f"node id must be an integer or a non-empty string, got {value!r}")
     return str(value)
 
 
 def _lookup(index: dict[str, int], value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str) or str(value) not in index:
-        raise _Invalid(f"{where}: unknown node id {value!r}")
+        raise InvalidTopology(f"{where}: unknown node id {value!r}")
     return index[str(value)]
 
 
@@ -219,16 +219,16 @@ def _parse_edges(
     spec: Any, index: dict[str, int], directed: bool, scheme: str
 ) -> list[tuple[int, int, dict[str, float]]]:
     if not isinstance(spec, list):
-        raise _Invalid(f"'edges' must be a list of [u, v] or [u, v, weight], got {spec!r}")
+        raise InvalidTopology(f"'edges' must be a list of [u, v] or [u, v, weight], got {spec!r}")
     edges = []
     seen: set[Any] = set()
     for item in spec:
         if not isinstance(item, list) or len(item) not in (2, 3):
-            raise _Invalid(f"edge {item!r} must be [u, v] or [u, v, weight]")
+            raise InvalidTopology(f"edge {item!r} must be [u, v] or [u, v, weight]")
         u, v = (_lookup(index, x, f"edge {item}") for x in item[:2])
         key = (u, v) if directed else frozenset((u, v))
         if key in seen:
-            raise _Invalid(f"edge {item} is listed twice")
+            raise InvalidTopology(f"edge {item} is listed twice")
         seen.add(key)
         edges.append((u, v, _edge_data(item, scheme)))
     return edges
@@ -238,11 +238,11 @@ def _edge_data(item: list, scheme: str) -> dict[str, float]:
     explicit = scheme == "explicit"
     if len(item) == 2:
         if explicit:
-            raise _Invalid(f"edge {item} has no weight; weights: explicit needs [u, v, weight]")
+            raise InvalidTopology(f"edge {item} has no weight; weights: explicit needs [u, v, weight]")
         return {}
     if not explicit:
-        raise _Invalid(f"edge {item} has a weight but weights is {scheme!r}; use weights: explicit")
-    return {"weight": _number(item[2], f"weight of edge {item}")}
+        raise InvalidTopology(f"edge {item} has a weight but weights is {scheme!r}; use weights: explicit")
+    return {"weight": checked_number(item[2], f"weight of edge {item}")}
 
 
 def _set_self_weights(graph: nx.Graph, spec: Any, index: dict[str, int], scheme: str) -> None:
@@ -250,33 +250,33 @@ def _set_self_weights(graph: nx.Graph, spec: Any, index: dict[str, int], scheme:
     if spec is None:
         return
     if scheme != "explicit":
-        raise _Invalid(f"'self_weights' needs weights: explicit, not {scheme!r}")
+        raise InvalidTopology(f"'self_weights' needs weights: explicit, not {scheme!r}")
     items = spec.items() if isinstance(spec, Mapping) else ((label, spec) for label in index)
     for label, weight in items:
         node = _lookup(index, label, "self_weights")
-        graph.nodes[node]["self_weight"] = _number(weight, f"self weight of node {label}")
+        graph.nodes[node]["self_weight"] = checked_number(weight, f"self weight of node {label}")
 
 
 def _address(value: Any, what: str) -> str:
     host, colon, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
     if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
-        raise _Invalid(f"{what} must be 'host:port' with a port in 1..65535, got {value!r}")
+        raise InvalidTopology(f"{what} must be 'host:port' with a port in 1..65535, got {value!r}")
     return value
 
 
 def _generated(spec: Any, index: dict[str, int], directed: bool) -> tuple[nx.Graph, dict[str, Any]]:
     if not isinstance(spec, Mapping):
-        raise _Invalid(f"'generator' must be a mapping with a 'kind', got {spec!r}")
+        raise InvalidTopology(f"'generator' must be a mapping with a 'kind', got {spec!r}")
     params = dict(spec)
     kind = params.pop("kind", None)
-    if kind not in _GENERATORS:
-        raise _Invalid(f"unknown generator kind {kind!r}; valid kinds: {', '.join(_GENERATORS)}")
-    seed = _int(params.pop("seed", 0), "seed", 0)
-    allowed = _generator_params(kind)
+    if kind not in GENERATORS:
+        raise InvalidTopology(f"unknown generator kind {kind!r}; valid kinds: {', '.join(GENERATORS)}")
+    seed = checked_int(params.pop("seed", 0), "seed", 0)
+    allowed = generator_params(kind)
     unknown = sorted(str(p) for p in params if p not in allowed)
     if unknown:
         valid = ", ".join([*allowed, "seed"])
-        raise _Invalid(
+        raise InvalidTopology(
             f"generator {kind}: unknown parameter(s) {', '.join(unknown)}; valid: {valid}"
         )
     missing = [
@@ -285,12 +285,12 @@ def _generated(spec: Any, index: dict[str, int], directed: bool) -> tuple[nx.Gra
         if default is inspect.Parameter.empty and p not in params
     ]
     if missing:
-        raise _Invalid(f"generator {kind}: missing parameter(s) {', '.join(missing)}")
+        raise InvalidTopology(f"generator {kind}: missing parameter(s) {', '.join(missing)}")
     if "center" in params:
         params["center"] = _lookup(index, params["center"], f"generator {kind} center")
     try:
-        built = _GENERATORS[kind](len(index), random.Random(seed), directed, **params)
-    except _Invalid as exc:
-        raise _Invalid(f"generator {kind}: {exc}") from None
+        built = GENERATORS[kind](len(index), random.Random(seed), directed, **params)
+    except InvalidTopology as exc:
+        raise InvalidTopology(f"generator {kind}: {exc}") from None
     edges = built.to_directed().edges if directed and not built.is_directed() else built.edges
-    return _graph(len(index), directed, edges), {"kind": kind, "seed": seed, **params}
+    return make_graph(len(index), directed, edges), {"kind": kind, "seed": seed, **params}

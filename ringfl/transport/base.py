@@ -76,7 +76,7 @@ CONNECTION_ERRORS = (
 """What ends one connection without being a bug in our code."""
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """trio wraps OS and SSL errors; the cause says what actually happened."""
     return str(exc) or repr(exc.__cause__ or exc)
 
@@ -133,7 +133,7 @@ class Network(ABC):
         """
 
 
-async def _run_handler(
+async def run_handler(
     handler: StreamHandler,
     prepare: Callable[[trio.abc.Stream], Awaitable[None]],
     stream: trio.abc.Stream,
@@ -157,7 +157,7 @@ async def _quiet_close(stream: trio.abc.Stream, timeout: float = 1.0) -> None:
         await stream.aclose()
 
 
-async def _nothing_to_prepare(stream: trio.abc.Stream) -> None:
+async def nothing_to_prepare(stream: trio.abc.Stream) -> None:
     await trio.lowlevel.checkpoint()
 
 
@@ -236,7 +236,7 @@ class MessageStream:
                 await trio.aclose_forcefully(self.stream)  # a partial frame: the stream is unusable
                 raise
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerClosedError(f"connection lost while sending: {_describe(exc)}") from exc
+                raise PeerClosedError(f"connection lost while sending: {describe_error(exc)}") from exc
         finally:
             self._send_lock.release()
 
@@ -269,7 +269,7 @@ class MessageStream:
         try:
             data = await self.stream.receive_some(self.receive_size)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerClosedError(f"connection lost: {_describe(exc)}") from exc
+            raise PeerClosedError(f"connection lost: {describe_error(exc)}") from exc
         self.conn.receive_data(data)
 
     async def _abort(self, exc: ProtocolError) -> None:

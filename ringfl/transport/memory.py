@@ -13,8 +13,8 @@ from ringfl.transport.base import (
     ConnectError,
     Network,
     StreamHandler,
-    _nothing_to_prepare,
-    _run_handler,
+    nothing_to_prepare,
+    run_handler,
 )
 
 
@@ -151,7 +151,7 @@ class MemoryNetwork(Network):
             raise ConnectError(f"nothing listens on memory address {address!r}")
         handler, nursery = entry
         client, server = MemoryStream.pair(self.buffer_bytes)
-        nursery.start_soon(_run_handler, handler, _nothing_to_prepare, server)
+        nursery.start_soon(run_handler, handler, nothing_to_prepare, server)
         await trio.lowlevel.checkpoint()
         return client
 

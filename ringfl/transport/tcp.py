@@ -19,12 +19,12 @@ from ringfl.transport.base import (
     DeadlineError,
     Network,
     StreamHandler,
-    _describe,
-    _nothing_to_prepare,
-    _run_handler,
     deadline,
+    describe_error,
     format_address,
+    nothing_to_prepare,
     parse_address,
+    run_handler,
 )
 
 # --- TLS ---------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class TcpNetwork(Network):
             raise AddressError(f"cannot listen on {address}: {exc}") from exc
         bound = format_address(host, listeners[0].socket.getsockname()[1])
         task_status.started(bound)
-        run = functools.partial(_run_handler, handler, self._secure_server)
+        run = functools.partial(run_handler, handler, self._secure_server)
         await trio.serve_listeners(run, [self._wrap_listener(x) for x in listeners])
 
     async def _secure_client(
@@ -119,7 +119,7 @@ class TcpNetwork(Network):
 
     async def _secure_server(self, stream: trio.abc.Stream) -> None:
         """Hook: runs on each accepted stream before the handler (TLS handshakes here)."""
-        await _nothing_to_prepare(stream)
+        await nothing_to_prepare(stream)
 
     def _wrap_listener(self, listener: trio.SocketListener) -> trio.abc.Listener:
         """Hook: the listener accepted streams come from (TLS wraps it here)."""
@@ -151,7 +151,7 @@ class TlsNetwork(TcpNetwork):
                 await tls.do_handshake()
         except (trio.BrokenResourceError, DeadlineError) as exc:
             await trio.aclose_forcefully(tls)
-            raise ConnectError(f"TLS handshake with {address} failed: {_describe(exc)}") from exc
+            raise ConnectError(f"TLS handshake with {address} failed: {describe_error(exc)}") from exc
         return tls
 
     async def _secure_server(self, stream: trio.abc.Stream) -> None:
