@@ -164,7 +164,7 @@ def test_exchange_every_must_be_a_positive_count():
 # --- training in slices -------------------------------------------------------------------------
 
 
-def test_training_in_slices_continues_one_shuffled_sequence():
+async def test_training_in_slices_continues_one_shuffled_sequence():
     data = load_digits()
     x, y = (data.data[:500] / 16).astype(np.float32), data.target[:500].astype(np.int64)
     model = shared_model(load_spec("digits-mlp"))
@@ -172,13 +172,12 @@ def test_training_in_slices_continues_one_shuffled_sequence():
     whole = model.train_sync(start, x, y, lr=0.1, batch_size=32, epochs=2, seed=7)
     params, seen = start, 0
     for first, steps in ((0, 5), (5, 11), (16, 1), (17, 15)):  # 16 batches per epoch, 32 in all
-        part = model.thread.call(model._gluon.train_steps, params, x, y, lr=0.1, batch_size=32, start=first,
-                                 steps=steps, seed=7)
+        part = await model.train_steps(params, x, y, lr=0.1, batch_size=32, start=first, steps=steps, seed=7)
         params, seen = part.params, seen + part.samples
     assert seen == whole.samples == 1000
     assert np.allclose(params, whole.params, atol=1e-6)
-    other = model.thread.call(model._gluon.train_steps, start, x, y, lr=0.1, batch_size=32, start=0, steps=5, seed=8)
-    first = model.thread.call(model._gluon.train_steps, start, x, y, lr=0.1, batch_size=32, start=0, steps=5, seed=7)
+    other = await model.train_steps(start, x, y, lr=0.1, batch_size=32, start=0, steps=5, seed=8)
+    first = await model.train_steps(start, x, y, lr=0.1, batch_size=32, start=0, steps=5, seed=7)
     assert not np.allclose(other.params, first.params)
 
 

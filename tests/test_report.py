@@ -12,9 +12,9 @@ from ringfl.experiments.report import print_summary, write_all, write_summary_cs
 from ringfl.experiments.results import (
     SUMMARY_COLUMNS,
     PeerRecord,
-    RoundRecord,
     Setting,
     SettingResult,
+    SettingRound,
     is_complete,
     read_results,
     setting_dir,
@@ -49,7 +49,7 @@ def make_result(params, num_peers=None, rounds=5, peer_records=True):
                 for i, a in enumerate(accs)
             ]
         round_records.append(
-            RoundRecord(
+            SettingRound(
                 setting=setting.key,
                 round=n,
                 accuracy=sum(accs) / num_peers,

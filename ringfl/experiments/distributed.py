@@ -23,7 +23,7 @@ from ringfl.coordinator import Coordinator
 from ringfl.errors import RingflError
 from ringfl.experiments.plan import Run
 from ringfl.experiments.references import initial_round, round_record
-from ringfl.experiments.results import PeerRecord, RoundRecord, SettingResult
+from ringfl.experiments.results import PeerRecord, SettingResult, SettingRound
 from ringfl.experiments.tracking import Tracker
 from ringfl.launch import peer_command, run_peer_processes, serve_until_done
 from ringfl.model import load_spec
@@ -106,7 +106,7 @@ async def run_ring(run: Run, out: Path, transport: str, eval_samples: int | None
 def _ring_result(run: Run, server: Bootstrap, started: float) -> SettingResult:
     key = run.setting.key
     rounds = [initial_round(run, started)] + [
-        RoundRecord(key, r["round"], r["accuracy"], r["min_accuracy"], r["max_accuracy"], r["loss"],
+        SettingRound(key, r["round"], r["accuracy"], r["min_accuracy"], r["max_accuracy"], r["loss"],
                     int(r["bytes"]), r.get("epsilon_spent") if _dp(run) else None, r["seconds"])
         for r in server.history
     ]

@@ -41,7 +41,7 @@ from ray.exceptions import RayError  # noqa: E402
 from ringfl.errors import ConfigError, RingflError  # noqa: E402
 from ringfl.experiments import distributed  # noqa: E402
 from ringfl.experiments.plan import Experiment, Run, plan  # noqa: E402
-from ringfl.experiments.results import PeerRecord, RoundRecord, Setting, SettingResult  # noqa: E402
+from ringfl.experiments.results import PeerRecord, Setting, SettingResult, SettingRound  # noqa: E402
 from ringfl.experiments.run import run_setting, store_result  # noqa: E402
 from ringfl.experiments.tracking import ProgressBar  # noqa: E402
 from ringfl.launch import run_peer_processes  # noqa: E402
@@ -173,7 +173,7 @@ def to_record(result: SettingResult) -> dict[str, Any]:
 
 
 def from_record(record: Mapping[str, Any]) -> SettingResult:
-    return SettingResult(Setting(record["params"]), [RoundRecord(**r) for r in record["rounds"]],
+    return SettingResult(Setting(record["params"]), [SettingRound(**r) for r in record["rounds"]],
                          [PeerRecord(**p) for p in record["peers"]], float(record["wall_time"]),
                          int(record["num_peers"]), audit=record.get("audit"))
 

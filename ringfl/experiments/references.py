@@ -13,7 +13,7 @@ from ringfl.baselines import EpochResult, train_reference
 from ringfl.config import RunConfig
 from ringfl.data import DataSplits, kind_params, load_source, peer_indices, prepare
 from ringfl.experiments.plan import Run
-from ringfl.experiments.results import PeerRecord, RoundRecord, SettingResult
+from ringfl.experiments.results import PeerRecord, SettingResult, SettingRound
 from ringfl.experiments.tracking import Tracker
 from ringfl.model import ModelSpec, load_spec
 from ringfl.model.runtime import shared_model
@@ -66,7 +66,7 @@ def _spec_and_data(config: RunConfig) -> tuple[ModelSpec, DataSplits]:
 _initial_cache: dict[tuple[str, str, int], tuple[float, float]] = {}
 
 
-def initial_round(run: Run, started: float) -> RoundRecord:
+def initial_round(run: Run, started: float) -> SettingRound:
     """Round 0: the seeded initial model every mode starts from, so all curves share a start."""
     config = run.config
     cache_key = (config.model, config.data, config.seed)
@@ -80,8 +80,8 @@ def initial_round(run: Run, started: float) -> RoundRecord:
 
 
 def round_record(key: str, round_: int, accuracies: Sequence[float], losses: Sequence[float],
-                 bytes_total: int, epsilon: float | None, started: float) -> RoundRecord:
-    return RoundRecord(
+                 bytes_total: int, epsilon: float | None, started: float) -> SettingRound:
+    return SettingRound(
         setting=key, round=round_, accuracy=_mean(accuracies), min_accuracy=min(accuracies, default=math.nan),
         max_accuracy=max(accuracies, default=math.nan), loss=_mean(losses), bytes_total=int(bytes_total),
         epsilon=epsilon, seconds=time.perf_counter() - started)

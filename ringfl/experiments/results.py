@@ -9,7 +9,7 @@ at any time.
 Layout under an experiment's output folder::
 
     settings/<key>/setting.json   params, key, label, wall_time, num_peers, complete (written last)
-    settings/<key>/rounds.jsonl   one RoundRecord per line
+    settings/<key>/rounds.jsonl   one SettingRound per line
     settings/<key>/peers.jsonl    one PeerRecord per line
     summary.csv  report.md  plots/accuracy_vs_round.png  plots/accuracy_vs_bytes.png
     plots/peer_spread.png  plots/accuracy_vs_peers.png
@@ -96,7 +96,10 @@ class Setting:
 
 
 @dataclass(frozen=True)
-class RoundRecord:
+class SettingRound:
+    """One evaluated round of an experiment setting: a row of rounds.csv (the runtime's per-run
+    record is :class:`ringfl.runtime.records.RoundRecord`)."""
+
     setting: str  # Setting.key
     round: int  # 0 = the initial model
     accuracy: float  # mean over peers, or the global model in coordinator mode
@@ -123,14 +126,14 @@ class PeerRecord:
 @dataclass(frozen=True)
 class SettingResult:
     setting: Setting
-    rounds: list[RoundRecord]
+    rounds: list[SettingRound]
     peers: list[PeerRecord]
     wall_time: float
     num_peers: int  # peers that actually trained (centralized: 1)
     audit: dict[str, Any] | None = None  # membership-inference report of the final model (ringfl.audit)
 
     @property
-    def final(self) -> RoundRecord | None:
+    def final(self) -> SettingRound | None:
         return max(self.rounds, key=lambda r: r.round, default=None)
 
     def final_peer_accuracies(self) -> list[float]:
@@ -219,7 +222,7 @@ def read_results(out_dir: str | Path) -> list[SettingResult]:
         results.append(
             SettingResult(
                 setting=Setting(meta["params"]),
-                rounds=[_from_dict(RoundRecord, d) for d in read_jsonl(folder / ROUNDS_FILE)],
+                rounds=[_from_dict(SettingRound, d) for d in read_jsonl(folder / ROUNDS_FILE)],
                 peers=[_from_dict(PeerRecord, d) for d in read_jsonl(folder / PEERS_FILE)],
                 wall_time=float(meta["wall_time"]),
                 num_peers=int(meta["num_peers"]),

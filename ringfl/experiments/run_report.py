@@ -13,7 +13,7 @@ from typing import Any
 
 from ringfl.config import RunConfig
 from ringfl.experiments.report import write_all
-from ringfl.experiments.results import RoundRecord, Setting, SettingResult
+from ringfl.experiments.results import Setting, SettingResult, SettingRound
 
 
 def run_result(config: RunConfig, history: list[dict[str, Any]], summary: dict[str, Any]) -> SettingResult:
@@ -32,10 +32,10 @@ def run_result(config: RunConfig, history: list[dict[str, Any]], summary: dict[s
     return SettingResult(setting, rounds, [], float(summary.get("wall_time_s") or 0.0), peers)
 
 
-def _record(key: str, r: dict[str, Any], ring: bool) -> RoundRecord:
+def _record(key: str, r: dict[str, Any], ring: bool) -> SettingRound:
     accuracy = float(r["accuracy"])
     wire = int(r.get("bytes", 0)) if ring else int(r.get("bytes_in", 0)) + int(r.get("bytes_out", 0))
-    return RoundRecord(key, int(r["round"]), accuracy, float(r.get("min_accuracy", accuracy)),
+    return SettingRound(key, int(r["round"]), accuracy, float(r.get("min_accuracy", accuracy)),
                        float(r.get("max_accuracy", accuracy)), float(r.get("loss", math.nan)), wire,
                        r.get("epsilon_spent"), float(r.get("seconds", 0.0)))
 

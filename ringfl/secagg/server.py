@@ -2,7 +2,7 @@
 
 The coordinator hands every 11xx message to :meth:`SecAggCoordinator.on_message` and plays a
 synchronous round with :meth:`SecAggCoordinator.play_round` instead of collecting uploads: it
-starts the round (``RoundStart.info["secagg"]`` tells peers the settings), walks the four phases
+starts the round (its :class:`~ringfl.protocol.payloads.RoundPlan` tells peers the settings), walks the four phases
 — each closes when every live participant answered or at the round deadline — submits the
 unmasked mean to the algorithm as one update and acknowledges every participant. An abort
 (too few peers, a missing or malformed share) rejects the round's acks with the reason and the
