@@ -35,6 +35,7 @@ from ringfl.model import ModelSpec, load_spec, spec_from_json
 from ringfl.model.runtime import Model, shared_model
 from ringfl.privacy.dp_sgd import DpSgdTrainer, plan
 from ringfl.privacy.ledger import BudgetExhausted, PrivacyLedger
+from ringfl.privacy.numeric_sparse import upload_rng
 from ringfl.protocol import (
     Accept,
     Ack,
@@ -317,7 +318,7 @@ class Peer(PeerBase):
         run = await self.join(num_samples=0 if self.data is None else self.data.num_samples)
         assert self.stream is not None
         self.algorithm = make_peer_algorithm(run.algorithm, run.settings)
-        self.rng = np.random.default_rng([run.seed, run.index, 7])
+        self.rng = upload_rng(run.settings.epsilon is not None, run.seed, run.index, 7)
         self.local_work = "gradient" if run.algorithm == "fedsgd" else "epochs"
         self.last_round = -1
         try:

@@ -106,6 +106,20 @@ async def test_dp_ledger_refuses_uploads_past_the_budget():
     assert coordinator.history[-1]["epsilon_spent"] == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("private", [False, True])
+async def test_numericsparse_noise_is_not_derived_from_the_public_run_seed(private):
+    """Same config twice: plain DSSGD repeats exactly; with ε, the noise differs (else anyone holding
+    the config could regenerate and subtract it)."""
+    settings = {"theta_u": 0.1, "gamma": 0.05, **({"epsilon": 10.0} if private else {})}
+    config = demo_config(algorithm="dssgd", rounds=1, peers=1, order="sync", algorithm_settings=settings)
+    finals = []
+    for _ in range(2):
+        coordinator, _ = await run_coordinator(config)
+        assert coordinator.round == 1
+        finals.append(coordinator.algorithm.params.copy())
+    assert np.array_equal(finals[0], finals[1]) is not private
+
+
 class RawClient:
     """A hand-driven client session, to send what honest peers never would."""
 

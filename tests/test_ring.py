@@ -56,6 +56,18 @@ async def test_32_peer_ring_learns(algorithm):
     assert set(links) == {"4", "6"} and all(sent > 0 and received > 0 for sent, received in links.values())
 
 
+@pytest.mark.parametrize("private", [False, True])
+async def test_ring_numericsparse_noise_is_not_derived_from_the_public_run_seed(private):
+    """As in coordinator mode: a plain synchronous ring repeats (to float rounding); with ε the noise differs."""
+    settings = {"theta_u": 0.1, "gamma": 0.05, **({"epsilon": 10.0} if private else {})}
+    finals = []
+    for _ in range(2):
+        _, peers = await run_ring(generate("ring", 3), "gossip-dssgd", rounds=1, settings=settings, order="sync")
+        finals.append(np.concatenate([p.params for p in peers]))
+    gap = float(np.abs(finals[0] - finals[1]).max())  # plain: only the mixing's summation order
+    assert gap > 1e-3 if private else gap < 1e-6
+
+
 async def test_relay_waits_for_two_hop_origins_and_sends_only_along_shortest_paths():
     """On a ring each peer sends its own selection both ways and passes each neighbour's on to the
     other side only (twice gossip's bytes, not three times); on a complete graph everyone is one

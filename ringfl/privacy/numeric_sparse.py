@@ -125,6 +125,16 @@ def _sorted_sparse(n: int, coords: np.ndarray, values: np.ndarray) -> SparseVect
     return SparseVector.from_indices(n, coords, values)
 
 
+def upload_rng(private: bool, *seed: int) -> np.random.Generator:
+    """The generator a peer selects (and, with DP, noises) its uploads with.
+
+    Seeded from ``seed`` (the public run seed and the peer's index: runs repeat) unless the
+    uploads are differentially private: noise anyone holding the run's config could regenerate
+    could be subtracted again, so private uploads draw from OS entropy.
+    """
+    return np.random.default_rng() if private else np.random.default_rng(list(seed))
+
+
 def numeric_sparse(
     delta: np.ndarray,
     *,

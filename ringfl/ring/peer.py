@@ -28,6 +28,7 @@ from ringfl.model import load_spec
 from ringfl.model.runtime import shared_model
 from ringfl.peer import PeerBase, PeerData, PeerOptions, RunInfo, close_forcefully
 from ringfl.privacy.ledger import BudgetExhausted
+from ringfl.privacy.numeric_sparse import upload_rng
 from ringfl.protocol import Ack, EndOfRun, Neighbours, PeerReport, RoundStart
 from ringfl.protocol.payloads import NeighbourTable, RoundPlan
 from ringfl.ring.links import NeighbourLinks
@@ -159,7 +160,7 @@ class RingPeer(PeerBase):
             await self.schedule.wait()
         if self.ended:
             return
-        rng = np.random.default_rng([run.seed, run.index, 11])
+        rng = upload_rng(run.settings.epsilon is not None, run.seed, run.index, 11)
         self.asynchronous = run.order == "async"
         if self.asynchronous and run.algorithm == "choco":
             raise ConfigError("choco needs synchronous exchanges; use order: sync (or auto) in ring mode")
