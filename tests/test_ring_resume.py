@@ -88,6 +88,8 @@ async def test_a_stopped_ring_resumed_ends_where_an_uninterrupted_run_ends(tmp_p
     resumed, peers = await run_ring(tmp_path / "split", algorithm, resume=True)
     assert [r["round"] for r in resumed.history] == list(range(1, ROUNDS + 1))
     assert _rounds(tmp_path / "split" / "bootstrap") == list(range(1, ROUNDS + 1))  # no round twice
+    totals = [r["bytes"] for r in resumed.history]
+    assert totals == sorted(totals) and totals[k] > totals[k - 1]  # byte totals go on from the checkpoint
     for peer in peers:
         assert [m["round"] for m in peer.history] == list(range(k + 1, ROUNDS + 1))
         assert _rounds(tmp_path / "split" / peer.name) == list(range(1, ROUNDS + 1))

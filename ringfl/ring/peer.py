@@ -251,6 +251,7 @@ class RingPeer(PeerBase):
         if saved.rng is not None and run.settings.epsilon is None:  # a private run's noise is never replayed
             rng.bit_generator.state = saved.rng
         self._saved_algorithm = saved.algorithm
+        self.links.carry_over(saved.bytes_by_neighbour)
         self.saved_round = saved_round
         log.info("peer %s resumes from round %d's state at round %d", self.name, saved_round, first + 1)
         return saved.params, first
@@ -261,7 +262,8 @@ class RingPeer(PeerBase):
         algorithm = self.algorithm.state() if self.algorithm is not None else {}
         rng_state = None if self.run_info.settings.epsilon is not None else rng.bit_generator.state
         keep = max(2, len(self.neighbourhood.node_ids))  # a synchronous ring's peers: < n rounds apart
-        await trio.to_thread.run_sync(self.state.save, round_, params, algorithm, rng_state, keep)
+        await trio.to_thread.run_sync(self.state.save, round_, params, algorithm, rng_state, keep,
+                                      self.bytes_by_neighbour())
         self.saved_round = round_
 
     def _slices(self, run: RunInfo) -> list[tuple[int, int]]:

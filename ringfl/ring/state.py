@@ -66,6 +66,7 @@ class SavedRound:
     params: np.ndarray
     algorithm: dict[str, np.ndarray]
     rng: dict[str, Any] | None
+    bytes_by_neighbour: dict[str, list[int]]
 
 
 class PeerState:
@@ -85,12 +86,14 @@ class PeerState:
         return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _FILE.match(p.name)))
 
     def save(self, round_: int, params: np.ndarray, algorithm: dict[str, np.ndarray],
-             rng: dict[str, Any] | None, keep: int) -> None:
+             rng: dict[str, Any] | None, keep: int, bytes_by_neighbour: dict[str, list[int]] | None = None) -> None:
         """Round ``round_`` (1-based, finished) atomically; then only the newest ``keep`` stay.
+        ``bytes_by_neighbour``: the link counters, so the run's byte totals go on from them.
         Blocking (fsync): call it off the event loop."""
         arrays = {_PARAMS: np.asarray(params, dtype=np.float32)}
         arrays.update({_ALGORITHM + key: np.asarray(value) for key, value in algorithm.items()})
-        meta = {**asdict(self.identity), "round": round_, "rng": json.dumps(rng) if rng is not None else None}
+        meta = {**asdict(self.identity), "round": round_, "rng": json.dumps(rng) if rng is not None else None,
+                "bytes_by_neighbour": bytes_by_neighbour or {}}
         save_checkpoint(self.path(round_), arrays, meta)
         for old in self.rounds()[:-max(keep, 1)]:
             self.path(old).unlink(missing_ok=True)
@@ -146,4 +149,6 @@ class PeerState:
         rng = meta.get("rng")
         return SavedRound(round=int(meta["round"]), params=arrays.pop(_PARAMS),
                           algorithm={k[len(_ALGORITHM):]: v for k, v in arrays.items() if k.startswith(_ALGORITHM)},
-                          rng=json.loads(rng) if rng else None)
+                          rng=json.loads(rng) if rng else None,
+                          bytes_by_neighbour={str(k): [int(v[0]), int(v[1])]
+                                              for k, v in meta.get("bytes_by_neighbour", {}).items()})
