@@ -238,3 +238,43 @@ async def test_a_bootstrap_refuses_to_resume_another_run_or_nothing(tmp_path):
         Bootstrap(_config("d-psgd"), MemoryNetwork(), tmp_path / "bootstrap", resume=True, topology=generate("ring", 4))
     with pytest.raises(ConfigError, match="cannot resume: no checkpoint at"):
         Bootstrap(_config("d-psgd"), MemoryNetwork(), tmp_path / "nothing", resume=True, topology=ring)
+
+
+async def test_peers_that_lose_their_bootstrap_stop_unsaved_and_the_run_resumes(tmp_path):
+    """Only the bootstrap is stopped: the peers notice, keep the round it cut short out of their
+    checkpoints, and the resumed run still ends where an uninterrupted one does."""
+    _, whole = await run_ring(tmp_path / "whole", "d-psgd")
+    topology = generate("ring", 4)
+    config = _config("d-psgd")
+    network = MemoryNetwork()
+    bootstrap = Bootstrap(config, network, tmp_path / "split" / "bootstrap", topology=topology)
+    peers = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def serve(task_status=trio.TASK_STATUS_IGNORED):
+                with scope:
+                    await bootstrap.run(task_status=task_status)
+
+            address = await nursery.start(serve)
+            for i, label in enumerate(topology.labels):
+                peer = RingPeer(network, PeerOptions(coordinator=address, name=label, peers=4, index=i,
+                                                     run_id=config.run_id, eval_samples=200),
+                                state_dir=tmp_path / "split" / label)
+                peers.append(peer)
+                nursery.start_soon(peer.run)
+            while len(bootstrap.history) < 2:
+                await trio.sleep(0.005)
+            scope.cancel()
+    assert all(p.lost_bootstrap for p in peers)
+    assert all(p.progress()[0] < ROUNDS for p in peers)
+    for peer, reference in zip(peers, whole):  # every saved round is a whole one: as the uninterrupted run's
+        assert peer.state is not None and reference.state is not None
+        common = set(peer.state.rounds()) & set(reference.state.rounds())
+        assert common, (peer.state.rounds(), reference.state.rounds())
+        for round_ in common:
+            np.testing.assert_allclose(peer.state.load(round_).params, reference.state.load(round_).params, atol=1e-5)
+    _, resumed = await run_ring(tmp_path / "split", "d-psgd", resume=True)
+    for peer, reference in zip(resumed, whole):
+        np.testing.assert_allclose(peer.params, reference.params, atol=1e-5, err_msg=f"peer {peer.name}")

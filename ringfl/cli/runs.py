@@ -145,6 +145,11 @@ def _cmd_peer(args: argparse.Namespace) -> int:
         print(_peer_stopped(peer, options.name, stop, args.out), file=sys.stderr)
         return stop.exit_status
     printer.finish()
+    if getattr(peer, "lost_bootstrap", False):  # it was stopped or crashed: the run is not over
+        done, total = peer.progress()
+        hint = "continue with --resume once it is back" if args.out else "nothing saved to resume from (no --out)"
+        print(f"peer {options.name} lost the bootstrap after round {done} of {total}; {hint}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -79,6 +79,7 @@ class RingPeer(PeerBase):
         self.asynchronous = False  # order: async — mix what has arrived, never wait for neighbours
         self.end_event = trio.Event()
         self.ended = False
+        self.lost_bootstrap = False  # the bootstrap went away without ending the run
         self.state_dir, self.resume = state_dir, resume
         self.state: PeerState | None = None
         self.saved_round = 0  # the newest round checkpointed (or resumed from): what a resume keeps
@@ -156,9 +157,12 @@ class RingPeer(PeerBase):
             self.state.clear()
 
     def progress(self) -> tuple[int, int]:
-        """(rounds kept by the checkpoints, rounds in the run) — what an interruption reports."""
+        """(rounds done, rounds in the run) — what an interruption reports; with a state folder
+        "done" means checkpointed (what a resume keeps)."""
         total = self.total_rounds or (self.run_info.rounds if self.run_info is not None else 0)
-        return self.saved_round, total
+        if self.state is not None:
+            return self.saved_round, total
+        return (self.history[-1]["round"] if self.history else self.neighbourhood.start_round), total
 
     async def _listen_bootstrap(self) -> None:
         assert self.stream is not None
@@ -174,8 +178,9 @@ class RingPeer(PeerBase):
                     self.schedule.set()
                 elif isinstance(message, EndOfRun):
                     break
-        except CONNECTION_ERRORS as exc:
-            log.warning("peer %s lost the bootstrap: %s", self.name, exc)
+        except CONNECTION_ERRORS as exc:  # no EndOfRun: the run did not finish (the CLI says so)
+            log.info("peer %s lost the bootstrap: %s", self.name, exc)
+            self.lost_bootstrap = True
         self.ended = True
         self.end_event.set()
         self.schedule.set()
