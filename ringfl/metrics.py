@@ -25,6 +25,16 @@ class MetricsLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def keep_rounds(self, last: int) -> list[dict[str, Any]]:
+        """Drop the rows of rounds after ``last`` (a resume continues from ``last`` and will
+        measure them again: no duplicates); the file is rewritten atomically only if it changes."""
+        kept = [row for row in self.records if int(row.get("round", 0)) <= last]
+        if len(kept) != len(self.records):
+            text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept)
+            atomic_write_bytes(self.path, text.encode())
+            self.records = kept
+        return kept
+
     def write_summary(self, summary: dict[str, Any]) -> Path:
         path = self.out_dir / "summary.json"
         atomic_write_bytes(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())

@@ -67,7 +67,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         server: Any = Bootstrap(config, network, out, resume=args.resume)
     else:
         server = Coordinator(config, network, out, resume=args.resume)
-    if args.resume and not config.topology:
+    if args.resume:
         print(f"resumed from {out}: {server.rounds_done()} of {config.rounds} rounds done", flush=True)
     printer = RoundPrinter(config.rounds, title=f"{config.algorithm} on {config.data}")
     server.on_round.append(printer.show)
@@ -92,9 +92,9 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 def _resume_hint(out: Path | None, *, ring: bool) -> str:
-    if ring:
-        return "a bootstrap does not resume; start the run again"
-    return "continue with --resume" if out is not None else "nothing saved to resume from (no --out)"
+    if out is None:
+        return "nothing saved to resume from (no --out)"
+    return "continue with --resume (the peers too, each with its --out DIR)" if ring else "continue with --resume"
 
 
 def _stopped(server: Any, stop: Any, *, hint: str) -> int:
@@ -113,10 +113,14 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     _setup_logging(args)
     if args.topology and args.id is None:
         raise ConfigError("ring mode needs --id: this peer's node id in the topology")
+    if args.resume and not args.topology:
+        raise ConfigError("--resume is for ring peers (--topology): a coordinator-mode peer gets the model "
+                          "from the coordinator")
     name = args.id if args.topology else (args.name or _default_name())
+    ledger = args.ledger or (str(Path(args.out) / "ledger.json") if args.topology and args.out else None)
     options = PeerOptions(coordinator=args.coordinator or "", data=args.data, name=name,
                           peers=args.peers, index=args.index, partition=args.partition,
-                          listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=args.ledger,
+                          listen=args.listen or "", eval_samples=args.eval_samples, ledger_path=ledger,
                           attack=args.attack, connect_wait=args.connect_wait, token=load_token(args.token_file),
                           own_process=True, model=_config_model(args))
     network = _network(TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key))
@@ -129,7 +133,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     if args.out:
         from ringfl.metrics import MetricsLog
 
-        peer.metrics = MetricsLog(Path(args.out))
+        peer.metrics = MetricsLog(Path(args.out), append=args.resume)
     printer = PeerPrinter(options.name, quiet=args.quiet)
     peer.on_round.append(printer.show)
     from ringfl.interrupt import Interrupted, until_signal
@@ -138,10 +142,24 @@ def _cmd_peer(args: argparse.Namespace) -> int:
         trio.run(until_signal, peer.run)
     except Interrupted as stop:
         printer.finish()
-        print(f"peer {options.name} interrupted ({stop.name})", file=sys.stderr)
+        print(_peer_stopped(peer, options.name, stop, args.out), file=sys.stderr)
         return stop.exit_status
     printer.finish()
+    if getattr(peer, "lost_bootstrap", False):  # it was stopped or crashed: the run is not over
+        done, total = peer.progress()
+        hint = "continue with --resume once it is back" if args.out else "nothing saved to resume from (no --out)"
+        print(f"peer {options.name} lost the bootstrap after round {done} of {total}; {hint}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _peer_stopped(peer: Any, name: str, stop: Any, out: str | None) -> str:
+    """The one line of a peer stopped by a signal; a ring peer says where a resume continues."""
+    if not hasattr(peer, "progress"):  # coordinator mode: the coordinator holds the model
+        return f"peer {name} interrupted ({stop.name})"
+    done, total = peer.progress()
+    hint = "continue with --resume" if out else "nothing saved to resume from (no --out)"
+    return f"peer {name} interrupted at round {done + 1} of {total} ({stop.name}, {done} done); {hint}"
 
 
 def _config_model(args: argparse.Namespace) -> str | None:
@@ -164,10 +182,11 @@ def _ring_peer(args: argparse.Namespace, options: Any, network: Any) -> Any:
 
     topology = load_topology(args.topology)
     coordinator = args.coordinator or topology.bootstrap
+    state = {"state_dir": Path(args.out) if args.out else None, "resume": args.resume}
     if coordinator:
-        return RingPeer(network, dataclasses.replace(options, coordinator=coordinator))
+        return RingPeer(network, dataclasses.replace(options, coordinator=coordinator), **state)
     config = resolve_mode(load_config(args.config).replace(topology=args.topology), args.config, None)
-    return RingPeer(network, options, without_bootstrap=(topology, config))
+    return RingPeer(network, options, without_bootstrap=(topology, config), **state)
 
 
 def _default_name() -> str:
@@ -251,7 +270,7 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="held-out test data source (default: the config's)")
     p.add_argument("--topology", help="ring/topology mode: act as bootstrap for this topology file")
     p.add_argument("--out", help="write metrics.jsonl, summary.json and checkpoints here")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out DIR (ring: the peers resume too)")
     p.add_argument("--token-file", help="run token file peers must prove they know (default: $RINGFL_TOKEN)")
     p.add_argument("--dashboard", metavar="HOST:PORT", help="serve the live run view and model builder here")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -264,7 +283,9 @@ def add_peer(sub: argparse._SubParsersAction) -> None:
                    help="coordinator / bootstrap address (ring mode: default the topology's bootstrap; "
                         "none: peers find each other by the topology's addresses and use --config)")
     p.add_argument("--config", help="ring mode without a bootstrap: the run config")
-    p.add_argument("--out", help="write this peer's per-round metrics.jsonl here")
+    p.add_argument("--out", help="write this peer's per-round metrics.jsonl here; ring mode: also its state "
+                                 "after every round (DIR/state/) and its privacy ledger (DIR/ledger.json)")
+    p.add_argument("--resume", action="store_true", help="ring mode: continue from the state in --out DIR")
     p.add_argument("--data", help="local data source (default: the coordinator's)")
     p.add_argument("--peers", type=int, help="partition the source into N parts ...")
     p.add_argument("--index", type=int, help="... and use part I (default: assigned at join)")

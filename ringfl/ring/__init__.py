@@ -3,8 +3,8 @@ introduces them.
 
 ``routing`` (pure: neighbour lists, expected origins, relay routes), ``neighbourhood`` (a peer's
 links, pending switches, dead peers and inbox, without I/O), ``links`` (the neighbour streams
-and their bytes), ``peer`` (the round driver, :class:`RingPeer`) and ``bootstrap``
-(:class:`Bootstrap`). Every neighbour link is one session of the shared state machine, opened
+and their bytes), ``peer`` (the round driver, :class:`RingPeer`), ``state`` (a peer's per-round
+checkpoints, what ``--resume`` continues from) and ``bootstrap`` (:class:`Bootstrap`). Every neighbour link is one session of the shared state machine, opened
 with the handshake of :mod:`ringfl.runtime.session`.
 """
 

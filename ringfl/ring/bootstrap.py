@@ -5,6 +5,11 @@ The bootstrap is a :class:`~ringfl.runtime.session.SessionServer`: peers join it
 coordinator mode (1001/1003), get the spec and the run description, then their neighbour list
 (addresses and mixing weights, with a :class:`~ringfl.protocol.payloads.NeighbourTable`) and
 the round schedule.
+
+With an output folder it writes ``checkpoint.npz`` after every round: no arrays (the models live
+at the peers, :mod:`ringfl.ring.state`), only the rounds recorded and the run they belong to.
+``resume=True`` continues its ``metrics.jsonl`` from there and starts the peers at that round
+(the ``round`` of the first RoundStart).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from typing import Any
 import numpy as np
 import trio
 
+from ringfl.checkpoint import load_checkpoint, save_checkpoint
 from ringfl.config import RunConfig, check_mode
-from ringfl.errors import RunAborted, TopologyError
+from ringfl.errors import ConfigError, RunAborted, TopologyError
 from ringfl.model import load_spec
 from ringfl.protocol import JoinRequest, Neighbours, PeerReport, RejectReason, RoundStart
 from ringfl.protocol.payloads import RoundPlan, RunDescription
@@ -57,6 +63,8 @@ class Bootstrap(Recorded, SessionServer):
         self.first_report: dict[int, float] = {}
         self.recorder = RoundRecorder(out_dir, resume=resume, callbacks=self.on_round)
         self.out_dir = out_dir
+        if resume:
+            self._restore()
         self.hops = int(config.algorithm_settings.get("hops", 2)) if config.algorithm == "relay" else 1
         self.started_links = False
 
@@ -135,6 +143,32 @@ class Bootstrap(Recorded, SessionServer):
         reported = max((r for r, reports in self.reports.items() if reports), default=0)
         return reported + 2
 
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        return {"mode": "ring", "run_id": self.config.run_id, "spec_hash": self.spec.hash,
+                "algorithm": self.config.algorithm, "topology": self.topology.name, "nodes": self.topology.n,
+                "seed": self.config.seed}
+
+    def _checkpoint(self) -> None:
+        """The rounds recorded so far (written right after each record: a resume never repeats one)."""
+        if self.out_dir is not None:
+            save_checkpoint(self.out_dir / "checkpoint.npz", {}, {**self._identity(), "round": self._current_round()})
+
+    def _restore(self) -> None:
+        """Continue the run in ``out_dir``: its records, after checking it is this run."""
+        if self.out_dir is None:
+            raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
+        path = self.out_dir / "checkpoint.npz"
+        _, meta = load_checkpoint(path)
+        if meta.get("mode") != "ring":
+            raise ConfigError(f"cannot resume: {path} is a coordinator's checkpoint, not a ring bootstrap's")
+        differences = [f"{key} {meta.get(key)!r}, this run {value!r}" for key, value in self._identity().items()
+                       if meta.get(key) != value]
+        if differences:
+            raise ConfigError(f"cannot resume: {path} is of another run ({'; '.join(differences)})")
+        self.recorder.restore(int(meta["round"]))
+
     # --- the run ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> dict[str, Any]:
@@ -151,6 +185,7 @@ class Bootstrap(Recorded, SessionServer):
 
     async def _run(self) -> dict[str, Any]:
         self._relink_needed = False
+        self._checkpoint()  # so a run stopped before its first round resumes too
         await self.wait_for_peers()
         missing = [label for label in self.labels if label not in self.sessions]
         self.dead = {self.labels.index(label) for label in missing}
@@ -159,7 +194,8 @@ class Bootstrap(Recorded, SessionServer):
         self.started_links = True
         for session in self.alive():
             session.scheduled = True
-        await self.broadcast(self.alive(), RoundStart(round=0, info=RoundPlan(rounds=self.config.rounds).to_info()))
+        await self.broadcast(self.alive(), RoundStart(round=self._current_round(),  # > 0 when resumed
+                                                      info=RoundPlan(rounds=self.config.rounds).to_info()))
         while self._current_round() < self.config.rounds:
             if not self.alive():
                 await self._wait_for_return()
@@ -226,6 +262,7 @@ class Bootstrap(Recorded, SessionServer):
             round_, float(np.mean(accuracies)) if accuracies else math.nan,
             float(np.mean([float(r["loss"]) for r in reports])) if reports else math.nan,
             self.recorder.elapsed(), fields))
+        self._checkpoint()
 
     def _summary(self) -> dict[str, Any]:
         last = self.recorder.last()

@@ -53,6 +53,13 @@ class NeighbourLinks:
 
     # --- bytes ---------------------------------------------------------------------------------
 
+    def carry_over(self, counts: dict[str, list[int]]) -> None:
+        """Bytes an earlier process of this peer counted (a resumed run): the totals go on from them."""
+        for label, (sent, received) in counts.items():
+            total = self.closed_bytes.setdefault(label, [0, 0])
+            total[0] += sent
+            total[1] += received
+
     def bytes_by_neighbour(self) -> dict[str, list[int]]:
         """Cumulative [sent, received] bytes per neighbour label, both link directions."""
         table = {label: list(counts) for label, counts in self.closed_bytes.items()}

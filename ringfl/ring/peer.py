@@ -6,7 +6,8 @@ Who the neighbours are and what arrived from them is the
 :class:`~ringfl.ring.neighbourhood.Neighbourhood`; the streams and their bytes are
 :class:`~ringfl.ring.links.NeighbourLinks`. The peer joins the bootstrap with the same session
 handshake as a coordinator-mode peer, or, without a bootstrap, takes the run from its own config
-and the neighbours from the topology file.
+and the neighbours from the topology file. With a state folder it checkpoints every round and
+can continue from there (:mod:`ringfl.ring.state`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ from ringfl.protocol.payloads import NeighbourTable, RoundPlan
 from ringfl.ring.links import NeighbourLinks
 from ringfl.ring.neighbourhood import Neighbourhood
 from ringfl.ring.routing import neighbour_list, neighbour_table, standalone_addresses
+from ringfl.ring.state import PeerState, RunIdentity
 from ringfl.runtime.session import run_description
 from ringfl.topology import Topology
 from ringfl.transport import CONNECTION_ERRORS, Network
@@ -49,9 +52,13 @@ class RingPeer(PeerBase):
 
     def __init__(self, network: Network, options: PeerOptions, *, node: str | None = None,
                  data: PeerData | None = None, listen: str | None = None,
-                 without_bootstrap: tuple[Topology, RunConfig] | None = None) -> None:
+                 without_bootstrap: tuple[Topology, RunConfig] | None = None,
+                 state_dir: Path | None = None, resume: bool = False) -> None:
         """``without_bootstrap=(topology, config)``: no coordinator; the topology file must give
-        every node's ``host:port`` and this peer listens on its own."""
+        every node's ``host:port`` and this peer listens on its own. ``state_dir``: checkpoint
+        every round there; ``resume``: continue from those checkpoints."""
+        if resume and state_dir is None:
+            raise ConfigError("--resume needs --out DIR: the folder this peer's state was saved in")
         if node is not None and not options.name:
             options = PeerOptions(**{**options.__dict__, "name": str(node)})
         super().__init__(network, options, data=data)
@@ -72,6 +79,11 @@ class RingPeer(PeerBase):
         self.asynchronous = False  # order: async — mix what has arrived, never wait for neighbours
         self.end_event = trio.Event()
         self.ended = False
+        self.lost_bootstrap = False  # the bootstrap went away without ending the run
+        self.state_dir, self.resume = state_dir, resume
+        self.state: PeerState | None = None
+        self.saved_round = 0  # the newest round checkpointed (or resumed from): what a resume keeps
+        self._saved_algorithm: dict[str, np.ndarray] | None = None  # gossip state to load at the first exchange
 
     def bytes_by_neighbour(self) -> dict[str, list[int]]:
         """Cumulative [sent, received] bytes per neighbour label, both link directions."""
@@ -93,6 +105,8 @@ class RingPeer(PeerBase):
                 else:
                     run = await self.join(address=address)
                     self.node = run.index
+                    assert self.stream is not None
+                    self._open_state(self.stream.conn.run_id)
                     await self.report_ready()
                     nursery.start_soon(self._listen_bootstrap)
                 try:
@@ -126,7 +140,29 @@ class RingPeer(PeerBase):
         self.neighbourhood.apply(tuple(neighbour_list(topology, self.node, labels, addresses)), 0,
                                  neighbour_table(topology, self.node, hops, {label: i for i, label in enumerate(labels)}))
         self.total_rounds = config.rounds
+        self._open_state(config.run_id)
         self.schedule.set()
+
+    def _open_state(self, run_id: str) -> None:
+        """The state folder of this run: checked now, so a wrong folder fails before round 1;
+        emptied for a new run (stale rounds of an older one must never be resumed)."""
+        if self.state_dir is None:
+            return
+        run = self.run_info
+        assert run is not None
+        self.state = PeerState(self.state_dir, RunIdentity(run_id, run.spec.hash, run.seed, run.algorithm, self.name))
+        if self.resume:
+            self.saved_round = self.state.check()
+        else:
+            self.state.clear()
+
+    def progress(self) -> tuple[int, int]:
+        """(rounds done, rounds in the run) — what an interruption reports; with a state folder
+        "done" means checkpointed (what a resume keeps)."""
+        total = self.total_rounds or (self.run_info.rounds if self.run_info is not None else 0)
+        if self.state is not None:
+            return self.saved_round, total
+        return (self.history[-1]["round"] if self.history else self.neighbourhood.start_round), total
 
     async def _listen_bootstrap(self) -> None:
         assert self.stream is not None
@@ -142,8 +178,9 @@ class RingPeer(PeerBase):
                     self.schedule.set()
                 elif isinstance(message, EndOfRun):
                     break
-        except CONNECTION_ERRORS as exc:
-            log.warning("peer %s lost the bootstrap: %s", self.name, exc)
+        except CONNECTION_ERRORS as exc:  # no EndOfRun: the run did not finish (the CLI says so)
+            log.info("peer %s lost the bootstrap: %s", self.name, exc)
+            self.lost_bootstrap = True
         self.ended = True
         self.end_event.set()
         self.schedule.set()
@@ -166,10 +203,10 @@ class RingPeer(PeerBase):
             raise ConfigError("choco needs synchronous exchanges; use order: sync (or auto) in ring mode")
         if run.algorithm == "choco" and self.neighbourhood.links.phases:
             raise ConfigError("choco keeps copies of fixed neighbours; use a static topology, not a schedule")
-        params = self.model.init_params(run.seed)
         self.algorithm = None
+        params, first = self._starting_point(run, rng)
         slices = self._slices(run)
-        for round_ in range(self.neighbourhood.start_round, self.total_rounds or run.rounds):
+        for round_ in range(first, self.total_rounds or run.rounds):
             if self.ended:
                 break
             started = time.perf_counter()
@@ -194,7 +231,45 @@ class RingPeer(PeerBase):
                     if params is None:
                         return
             loss = sum(value * n for value, n in losses) / max(sum(n for _, n in losses), 1)
+            if self.state is not None and not self.ended:  # before the report: a recorded round is saved
+                await self._save(round_ + 1, params, rng)
             await self._report(round_ + 1, params, loss, started, sent_before, sent_exchanges)
+
+    def _starting_point(self, run: RunInfo, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """The parameters to start from and the first round (0-based): the initial model at the
+        bootstrap's round, or a checkpoint (:meth:`PeerState.choose` says which)."""
+        assert self.model is not None
+        start = self.neighbourhood.start_round
+        if not self.resume or self.state is None:
+            if start:
+                log.warning("peer %s joins at round %d from the initial model", self.name, start + 1)
+            return self.model.init_params(run.seed), start
+        saved_round, first = self.state.choose(start, bootstrap=self.without_bootstrap is None,
+                                               asynchronous=self.asynchronous)
+        saved = self.state.load(saved_round)
+        if saved.params.shape != (run.num_params,):
+            raise ConfigError(f"cannot resume: {self.state.path(saved_round)} holds {saved.params.size} parameters, "
+                              f"the model has {run.num_params}")
+        self.state.clear(after=first)  # rounds after it will be trained again
+        if self.metrics is not None:
+            self.metrics.keep_rounds(first)
+        if saved.rng is not None and run.settings.epsilon is None:  # a private run's noise is never replayed
+            rng.bit_generator.state = saved.rng
+        self._saved_algorithm = saved.algorithm
+        self.links.carry_over(saved.bytes_by_neighbour)
+        self.saved_round = saved_round
+        log.info("peer %s resumes from round %d's state at round %d", self.name, saved_round, first + 1)
+        return saved.params, first
+
+    async def _save(self, round_: int, params: np.ndarray, rng: np.random.Generator) -> None:
+        """Checkpoint a finished round off the event loop (fsync); the newest n rounds are kept."""
+        assert self.state is not None and self.run_info is not None
+        algorithm = self.algorithm.state() if self.algorithm is not None else {}
+        rng_state = None if self.run_info.settings.epsilon is not None else rng.bit_generator.state
+        keep = max(2, len(self.neighbourhood.node_ids))  # a synchronous ring's peers: < n rounds apart
+        await trio.to_thread.run_sync(self.state.save, round_, params, algorithm, rng_state, keep,
+                                      self.bytes_by_neighbour())
+        self.saved_round = round_
 
     def _slices(self, run: RunInfo) -> list[tuple[int, int]]:
         """The round's training cut at its exchanges, as (first batch, batches) per slice; one
@@ -278,7 +353,10 @@ class RingPeer(PeerBase):
         hood.links.changed = hood.current.changed = False
         algorithm = make_gossip_algorithm(run.algorithm, hood.node_of(self.name, self.node), run.num_params,
                                           run.settings, dict(hood.current.weights), initial=params)
-        if old is not None:
+        if self._saved_algorithm is not None:  # the first exchange of a resumed run
+            algorithm.load_state(self._saved_algorithm)
+            self._saved_algorithm = None
+        elif old is not None:
             hood.unsynced |= set(hood.current.dial)  # rebuilt state: tell every neighbour where it stands
             try:
                 algorithm.adopt(old)

@@ -36,6 +36,12 @@ class RoundRecord:
         return {"round": self.round, "accuracy": self.accuracy, "loss": self.loss, "seconds": self.seconds,
                 **self.fields}
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> RoundRecord:
+        """A row of metrics.jsonl read back (a resumed run keeps its earlier rounds)."""
+        rest = {k: v for k, v in row.items() if k not in ("round", "accuracy", "loss", "seconds")}
+        return cls(int(row["round"]), float(row["accuracy"]), float(row["loss"]), float(row["seconds"]), rest)
+
 
 class RoundRecorder:
     """The rounds of one run: in memory, in ``out_dir/metrics.jsonl``, and passed to callbacks."""
@@ -46,6 +52,13 @@ class RoundRecorder:
         self.records: list[RoundRecord] = []
         self.callbacks: list[RoundCallback] = [] if callbacks is None else callbacks
         self.started = time.perf_counter()
+
+    def restore(self, last: int) -> None:
+        """Continue a run whose rounds 1..``last`` are in metrics.jsonl: they become this
+        recorder's first records (not passed to the callbacks again); rows after ``last`` (a
+        crash between a record and its checkpoint) leave the file, so no round appears twice."""
+        rows = self.metrics.keep_rounds(last) if self.metrics else []
+        self.records = [RoundRecord.from_row(row) for row in rows if int(row["round"]) > 0]
 
     def elapsed(self) -> float:
         """Seconds since the run started, as records and summaries give them."""
