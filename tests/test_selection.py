@@ -264,3 +264,34 @@ def test_top_k_indices_matches_the_reference_when_the_sampled_guess_fails(kind: 
         assert top_k_indices(scores, k, rng=rng).tobytes() == expected.tobytes()  # type: ignore[arg-type]
         assert rng.calls == ref_rng.calls
         assert rng.rng.bit_generator.state == ref_rng.rng.bit_generator.state
+
+
+@pytest.mark.parametrize("kind", ["smooth", "clipped", "quantised", "zeros"])
+def test_top_k_and_its_wire_bytes_match_the_reference(kind: str) -> None:
+    from ringfl.protocol.codec import encode
+    from ringfl.protocol.payloads import GossipUpdate
+
+    delta = _scores(kind, 109_386, 21) * np.where(np.arange(109_386) % 3, 1, -1).astype(np.float32)
+    for k in (1, 10_939, 60_000):
+        got = top_k(delta, k, np.random.default_rng(4))
+        expected = _reference_top_k(delta, k, np.random.default_rng(4))
+        assert got.indices.dtype == np.uint32 and got.values.dtype == np.float32
+        assert got.indices.tobytes() == expected.indices.tobytes()
+        assert got.values.tobytes() == expected.values.tobytes()
+        assert not got.indices.flags.writeable  # so the bitmap is packed once per selection
+        frames = [
+            encode(GossipUpdate(origin="p", round=1, vector=v, step=0, hop=1, weight=0.5).to_upload())
+            for v in (got, got, expected)  # the second encode uses the cached bitmap
+        ]
+        assert frames[0] == frames[1] == frames[2]
+
+
+def test_bitmap_matches_a_bit_by_bit_packing() -> None:
+    rng = np.random.default_rng(2)
+    for size in (1, 7, 8, 9, 1000, 109_386):
+        idx = np.sort(rng.choice(size, size=max(1, size // 10), replace=False)).astype(np.uint32)
+        vector = SparseVector(size, idx, np.ones(idx.size, np.float32))
+        expected = bytearray(-(-size // 8))
+        for i in idx.tolist():
+            expected[i // 8] |= 1 << (i % 8)
+        assert vector.bitmap().tobytes() == bytes(expected)

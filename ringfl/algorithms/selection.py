@@ -122,10 +122,16 @@ def top_k_indices(
 
 
 def top_k(vector: np.ndarray, k: int, rng: np.random.Generator | None = None) -> SparseVector:
-    """The k coordinates of largest magnitude, as a SparseVector of their (signed) values."""
+    """The k coordinates of largest magnitude, as a SparseVector of their (signed) values.
+
+    The index array is read-only, so the codec packs its bitmap once however many neighbours
+    the selection is sent to (:meth:`SparseVector.bitmap` caches only for read-only indices).
+    """
     vector = np.asarray(vector, dtype=np.float32)
     idx = top_k_indices(np.abs(vector), k, rng=rng)
-    return SparseVector(int(vector.size), idx.astype(np.uint32), vector[idx])
+    indices = idx.astype(np.uint32)
+    indices.flags.writeable = False
+    return SparseVector(int(vector.size), indices, vector[idx])
 
 
 def random_threshold(
