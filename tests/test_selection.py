@@ -295,3 +295,18 @@ def test_bitmap_matches_a_bit_by_bit_packing() -> None:
         for i in idx.tolist():
             expected[i // 8] |= 1 << (i % 8)
         assert vector.bitmap().tobytes() == bytes(expected)
+
+
+def test_top_k_indices_matches_the_reference_on_extreme_float32_scores() -> None:
+    # the sampled path partitions positive float32 candidates by bit pattern: +inf, the largest
+    # finite value, subnormals, and -0.0 / 0.0 (only below a positive guess) must order as floats
+    n = 60_000
+    rng = np.random.default_rng(13)
+    scores = np.abs(rng.standard_normal(n)).astype(np.float32)
+    scores[rng.choice(n, 300, replace=False)] = np.inf
+    scores[rng.choice(n, 300, replace=False)] = np.finfo(np.float32).max
+    scores[rng.choice(n, 3000, replace=False)] = np.float32(1e-45)  # subnormal
+    scores[rng.choice(n, 3000, replace=False)] = -0.0
+    scores[rng.choice(n, 3000, replace=False)] = 0.0
+    for k in (1, 299, 300, 301, 600, 601, 6000, 29_000):
+        _assert_same_top_k(scores, k, k)

@@ -53,7 +53,12 @@ def _sampled_candidates(
     if candidates.size < k:
         return None
     values = scores[candidates]
-    return candidates, values, float(np.partition(values, values.size - k)[values.size - k])
+    kth = values.size - k
+    if values.dtype == np.float32 and guess > 0:
+        # All candidates are > 0 (no -0.0, no NaN): their bit patterns order like the floats,
+        # and numpy partitions int32 ~1.5x faster than float32 (no NaN-aware comparisons).
+        return candidates, values, float(np.partition(values.view(np.int32), kth)[kth:kth + 1].view(np.float32)[0])
+    return candidates, values, float(np.partition(values, kth)[kth])
 
 
 def _break_ties(
