@@ -187,9 +187,6 @@ def _check_ranges(config: RunConfig, where: str) -> None:
         (0.0 <= config.byzantine.fraction < 1.0, "byzantine.fraction must be in [0, 1)"),
         (not config.tls.allow or config.tls.require_client_cert,
          "tls.allow needs tls.require_client_cert: true (only client certificates carry a name)"),
-        (not (config.training.privacy.enabled and config.algorithm_settings.get("exchange_every") is not None),
-         "algorithm_settings.exchange_every cannot be combined with training.privacy (DP-SGD accounts whole "
-         "rounds of local training); exchange once per round"),
     ]
     for ok, message in checks:
         if not ok:

@@ -257,15 +257,16 @@ class PeerBase:
         assert self.stream is not None and self.data is not None
         await self.stream.send(PeerReport(metrics={"ready": True, "num_samples": self.data.num_samples}))
 
-    async def train(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
+    async def train(self, params: np.ndarray, round_: int, dp_steps: int | None = None) -> tuple[np.ndarray, float]:
         """Local epochs from ``params``; returns the new vector and the mean training loss.
 
-        With ``training.privacy`` on, DP-SGD instead; raises ``BudgetExhausted`` past the budget.
+        With ``training.privacy`` on, DP-SGD instead (``dp_steps`` of the round's steps, default all
+        of them); raises ``BudgetExhausted`` past the budget.
         """
         assert self.model is not None and self.run_info is not None and self.data is not None
         t = self.run_info.training
         if t.privacy.enabled:
-            return await self._train_dp(params, round_)
+            return await self._train_dp(params, round_, dp_steps)
         result = await self.model.train(
             params, self.data.x, self.data.y, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs,
             momentum=t.momentum, weight_decay=t.weight_decay,
@@ -273,7 +274,7 @@ class PeerBase:
         )
         return result.params, result.loss
 
-    async def _train_dp(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
+    async def _train_dp(self, params: np.ndarray, round_: int, steps: int | None) -> tuple[np.ndarray, float]:
         assert self.model is not None and self.run_info is not None and self.data is not None
         run, t = self.run_info, self.run_info.training
         if self.dp_sgd is None:
@@ -282,7 +283,7 @@ class PeerBase:
             path = f"{self.options.ledger_path}.dp-sgd.json" if self.options.ledger_path else None
             self.dp_sgd = DpSgdTrainer(t.privacy, run_plan, peer=self.name, ledger_path=path)
         return await self.dp_sgd.train(self.model, params, self.data.x, self.data.y, lr=t.lr,
-                                       batch_size=t.batch_size)
+                                       batch_size=t.batch_size, steps=steps)
 
     @property
     def epsilon_spent(self) -> float | None:

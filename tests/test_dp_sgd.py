@@ -91,9 +91,6 @@ def test_plan_and_config_errors():
         parse_config({"training": {"privacy": {"mechanism": "dp-adam", "noise_multiplier": 1}}})
     config = parse_config({"training": {"privacy": {"mechanism": "dp-sgd", "noise_multiplier": 1.1}}})
     assert config.training.privacy.enabled and config.training.privacy.noise_multiplier == 1.1
-    with pytest.raises(ConfigError, match="exchange_every cannot be combined with training.privacy"):
-        parse_config({"algorithm": "d-psgd", "topology": "ring", "algorithm_settings": {"exchange_every": 5},
-                      "training": {"privacy": {"mechanism": "dp-sgd", "noise_multiplier": 1.1}}})
 
 
 # --- per-example gradients and the noise ------------------------------------------------------
@@ -217,6 +214,18 @@ async def test_ring_mode_dp_sgd_peers_learn_with_epsilon_in_the_metrics(algorith
     assert 3.9 < last["epsilon_spent"] <= 4.0
     assert all(3.9 < p.history[-1]["epsilon"] <= 4.0 for p in peers)
     assert last["accuracy"] > (0.4 if algorithm == "choco" else 0.5)  # chance is 0.1; CHOCO (top-10 %) is slower
+
+
+async def test_ring_dp_sgd_exchanging_within_rounds_spends_what_whole_rounds_do():
+    """exchange_every cuts each round's Poisson-sampled steps into slices: more exchanges, the same
+    steps, so the same ε as exchanging once per round."""
+    bootstrap, peers = await run_ring(generate("ring", 4), "d-psgd", rounds=3, training=DP_TRAINING,
+                                      settings={"exchange_every": 4}, round_timeout=120.0)
+    for peer in peers:
+        assert [r["exchanges"] for r in peer.history] == [3, 3, 3]  # ~360 records, 12 batches of 32 a round
+        assert peer.dp_sgd.ledger.steps == 3 * peer.dp_sgd.plan.steps_per_round
+        assert 3.9 < peer.history[-1]["epsilon"] <= 4.0
+    assert bootstrap.history[-1]["accuracy"] > 0.5
 
 
 @pytest.mark.parametrize("algorithm", ["fedsgd", "dssgd"])

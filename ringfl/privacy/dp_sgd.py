@@ -130,16 +130,20 @@ class DpSgdTrainer:
         return self.ledger.total
 
     async def train(self, model: Any, params: Any, x: Any, y: Any, *, lr: float,
-                    batch_size: int) -> tuple[Any, float]:
-        """One round of local DP-SGD; the ledger is charged (and saved) before anything leaves.
+                    batch_size: int, steps: int | None = None) -> tuple[Any, float]:
+        """A round of local DP-SGD, or ``steps`` of its steps (a ring peer exchanging within the
+        round); the ledger is charged (and saved) before anything leaves.
 
+        Every step samples its batch independently, so a round cut into slices is the same
+        mechanism as the whole round and the accountant composes the same number of steps.
         Sampling and noise come from OS entropy, never from the run's (public) seed.
         """
         p = self.plan
-        self.ledger.check(p.noise_multiplier, p.sample_rate, p.steps_per_round)
+        n = p.steps_per_round if steps is None else steps
+        self.ledger.check(p.noise_multiplier, p.sample_rate, n)
         result = await model.train_dp(params, x, y, lr=lr, batch_size=batch_size, clip=self.config.clip,
-                                      noise_multiplier=p.noise_multiplier, steps=p.steps_per_round, seed=None)
-        self.ledger.record(p.noise_multiplier, p.sample_rate, p.steps_per_round)
+                                      noise_multiplier=p.noise_multiplier, steps=n, seed=None)
+        self.ledger.record(p.noise_multiplier, p.sample_rate, n)
         self.save()
         return result.params, result.loss
 

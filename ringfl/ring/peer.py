@@ -29,6 +29,7 @@ from ringfl.errors import ConfigError
 from ringfl.model import load_spec
 from ringfl.model.runtime import shared_model
 from ringfl.peer import PeerBase, PeerData, PeerOptions, RunInfo, close_forcefully
+from ringfl.privacy.dp_sgd import sampling
 from ringfl.privacy.ledger import BudgetExhausted
 from ringfl.privacy.numeric_sparse import upload_rng
 from ringfl.protocol import Ack, EndOfRun, Neighbours, PeerReport, RoundStart
@@ -275,13 +276,15 @@ class RingPeer(PeerBase):
         """The round's training cut at its exchanges, as (first batch, batches) per slice; one
         whole-round slice without ``exchange_every``. Every peer makes the same number of
         exchanges per round (else synchronous neighbours would wait for each other), set by the
-        mean shard size; a peer with a bigger or smaller shard takes bigger or smaller slices."""
+        mean shard size; a peer with a bigger or smaller shard takes bigger or smaller slices.
+        Under DP-SGD the slices cut the round's Poisson-sampled steps instead of its batches."""
         k = run.settings.exchange_every
         if k is None:
             return [(0, -1)]
         assert self.data is not None
         t = run.training
-        own = t.epochs * math.ceil(self.data.num_samples / t.batch_size)
+        own = t.epochs * (sampling(self.data.num_samples, t.batch_size)[1] if t.privacy.enabled
+                          else math.ceil(self.data.num_samples / t.batch_size))
         count = max(1, math.ceil(t.epochs * math.ceil(self._nominal_samples(run) / t.batch_size) / k))
         bounds = [round(s * own / count) for s in range(count + 1)]
         return [(bounds[s], bounds[s + 1] - bounds[s]) for s in range(count)]
@@ -303,6 +306,9 @@ class RingPeer(PeerBase):
             return after, loss, 1
         assert self.model is not None and self.run_info is not None and self.data is not None
         t = self.run_info.training
+        if t.privacy.enabled:
+            after, loss = await self.train(params, round_, dp_steps=steps)
+            return after, loss, steps
         result = await self.model.train_steps(
             params, self.data.x, self.data.y, lr=t.lr, batch_size=t.batch_size, start=start, steps=steps,
             momentum=t.momentum, weight_decay=t.weight_decay,
