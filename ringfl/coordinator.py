@@ -129,6 +129,7 @@ class Coordinator(Recorded, SessionServer):
             "algorithm": self.config.algorithm, "indices": self.indices,
             "ledgers": {peer: ledger.to_dict() for peer, ledger in pool.ledgers.items()},
             "applied": pool.stats.applied, "seen": sorted(self.policy.seen),
+            "bytes": list(self.bytes_total()),  # so a resumed run's byte totals stay cumulative
         }
         if self.secagg is not None:
             meta["secagg_rounds"] = self.secagg.closed_rounds  # noisy sums released, for ε
@@ -156,6 +157,7 @@ class Coordinator(Recorded, SessionServer):
         if pool.dp_sgd is not None:
             pool.dp_sgd.restore(meta.get("dp_sgd", {}))
         pool.stats.applied = int(meta.get("applied", 0))
+        self.closed_bytes = [int(b) for b in meta.get("bytes", (0, 0))]
         self.policy.restore({(str(peer), int(r)) for peer, r in meta.get("seen", [])})
         unsaved = self.store.unsaved(pool.stats.applied)
         for entry in unsaved:

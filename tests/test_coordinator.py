@@ -92,7 +92,10 @@ async def test_resume_continues_from_the_checkpoint(tmp_path):
         assert np.array_equal(resumed.algorithm.state()[key], value), key
     coordinator, _ = await run_coordinator(resumed.config, out_dir=tmp_path, resume=True)
     assert coordinator.round == 3
-    assert [r["round"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert resumed.bytes_total() == (rows[2]["bytes_in"], rows[2]["bytes_out"])  # totals carry over ...
+    assert rows[3]["bytes_in"] > rows[2]["bytes_in"] and rows[3]["bytes_out"] > rows[2]["bytes_out"]  # ... and grow
 
 
 async def test_dp_ledger_refuses_uploads_past_the_budget():
