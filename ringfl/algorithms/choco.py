@@ -146,7 +146,7 @@ class ChocoGossip(GossipAlgorithm):
         present = self._delivered.get((self.round, self.step), set()) & self.weights.keys()
         norm = self._normaliser(present)
         pull = np.zeros(self.n_params, dtype=np.float32)
-        for j in present:
+        for j in sorted(present):  # a fixed summation order: runs repeat bit for bit
             pull += np.float32(self.weights[j] / norm) * (self.neighbour_public[j] - self.public)
         self.x += np.float32(self.settings.choco_gamma) * pull
         return self.x.copy()

@@ -65,8 +65,8 @@ class DPSGD(GossipAlgorithm):
             raise RuntimeError("mix() before outgoing(): no local model to mix")
         norm = self._normaliser(set(self._received))
         out = self._x * np.float32(self.self_weight / norm)
-        for j, x_j in self._received.items():
-            x_j.add_to(out, self.weights[j] / norm)
+        for j in sorted(self._received):  # arrival order never changes the sum
+            self._received[j].add_to(out, self.weights[j] / norm)
         self._received = None  # closed: late copies of this exchange are ignored
         self._x = None  # the next outgoing() brings the next model; ``out`` is the caller's now
         return out

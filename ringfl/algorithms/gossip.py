@@ -231,7 +231,8 @@ class SelectiveGossip(GossipAlgorithm):
     def mix(self) -> np.ndarray:
         if self._after is None:
             raise RuntimeError("mix() before outgoing(): no local step to mix into")
-        received = self._inbox.pop(self.round, {})
+        box = self._inbox.pop(self.round, {})
+        received = {origin: box[origin] for origin in sorted(box)}  # arrival order never changes a sum
         norm = self._normaliser(set(received))
         out = self._after.copy()
         own_mass = 0.0

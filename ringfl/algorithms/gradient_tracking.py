@@ -89,7 +89,7 @@ class GradientTracking(GossipAlgorithm):
         own = self._y if self._step == _TRACKER else self._x - self._y
         norm = self._normaliser(set(self._received))
         mixed = own * np.float32(self.self_weight / norm)
-        for j, vector in self._received.items():
+        for j, vector in sorted(self._received.items()):  # arrival order never changes the sum
             mixed += np.float32(self.weights[j] / norm) * vector
         self._received = None
         if self._step == _TRACKER:
