@@ -105,20 +105,18 @@ def top_k_indices(
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     top = scores.max()
-    top_count = int(np.count_nonzero(scores == top))
-    if top_count < k and rng is not None and n >= _MIN_FOR_SAMPLING and k < n // 2:
-        found = _sampled_candidates(scores, k, rng)
-        if found is not None:
-            candidates, values, thr = found
-            keep = values > thr
-            need = k - int(np.count_nonzero(keep))
-            tied = np.flatnonzero(values == thr)  # positions in candidates, ascending
-            keep[_break_ties(candidates[tied], need, rng, tie_rank, positions=tied)] = True
-            return candidates[keep]
-        thr = float(np.partition(scores, n - k)[n - k])
-    elif top_count >= k:  # common after clipping: the k-th largest is gamma
+    if np.count_nonzero(scores == top) >= k:  # common after clipping: the k-th largest is gamma
         thr = float(top)
     else:
+        if rng is not None and n >= _MIN_FOR_SAMPLING and k < n // 2:
+            found = _sampled_candidates(scores, k, rng)
+            if found is not None:
+                candidates, values, thr = found
+                keep = values > thr
+                need = k - int(np.count_nonzero(keep))
+                tied = np.flatnonzero(values == thr)  # positions in candidates, ascending
+                keep[_break_ties(candidates[tied], need, rng, tie_rank, positions=tied)] = True
+                return candidates[keep]
         thr = float(np.partition(scores, n - k)[n - k])
     mask = scores > thr
     need = k - int(np.count_nonzero(mask))

@@ -91,7 +91,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume_hint(out: Path | None, *, ring: bool) -> str:
+def _resume_hint(out: Path | str | None, *, ring: bool) -> str:
     if out is None:
         return "nothing saved to resume from (no --out)"
     return "continue with --resume (the peers too, each with its --out DIR)" if ring else "continue with --resume"
@@ -147,7 +147,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
     printer.finish()
     if getattr(peer, "lost_bootstrap", False):  # it was stopped or crashed: the run is not over
         done, total = peer.progress()
-        hint = "continue with --resume once it is back" if args.out else "nothing saved to resume from (no --out)"
+        hint = _resume_hint(args.out, ring=False) + (" once it is back" if args.out else "")
         print(f"peer {options.name} lost the bootstrap after round {done} of {total}; {hint}", file=sys.stderr)
         return 1
     return 0
@@ -158,7 +158,7 @@ def _peer_stopped(peer: Any, name: str, stop: Any, out: str | None) -> str:
     if not hasattr(peer, "progress"):  # coordinator mode: the coordinator holds the model
         return f"peer {name} interrupted ({stop.name})"
     done, total = peer.progress()
-    hint = "continue with --resume" if out else "nothing saved to resume from (no --out)"
+    hint = _resume_hint(out, ring=False)
     return f"peer {name} interrupted at round {done + 1} of {total} ({stop.name}, {done} done); {hint}"
 
 

@@ -30,6 +30,7 @@ from ringfl.model import load_spec
 from ringfl.protocol import JoinRequest, Neighbours, PeerReport, RejectReason, RoundStart
 from ringfl.protocol.payloads import RoundPlan, RunDescription
 from ringfl.ring.routing import neighbour_list, neighbour_table
+from ringfl.ring.state import identity_differences
 from ringfl.runtime.records import Recorded, RoundRecord, RoundRecorder
 from ringfl.runtime.session import PeerSession, SessionServer
 from ringfl.topology import Topology, load_topology, relink_without
@@ -163,8 +164,7 @@ class Bootstrap(Recorded, SessionServer):
         _, meta = load_checkpoint(path)
         if meta.get("mode") != "ring":
             raise ConfigError(f"cannot resume: {path} is a coordinator's checkpoint, not a ring bootstrap's")
-        differences = [f"{key} {meta.get(key)!r}, this run {value!r}" for key, value in self._identity().items()
-                       if meta.get(key) != value]
+        differences = identity_differences(self._identity(), meta)
         if differences:
             raise ConfigError(f"cannot resume: {path} is of another run ({'; '.join(differences)})")
         self.recorder.restore(int(meta["round"]))

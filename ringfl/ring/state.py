@@ -48,14 +48,19 @@ class RunIdentity:
 
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """``field saved, this run ours`` for every field that differs (empty: the same run)."""
-        ours = asdict(self)
-        out = []
-        for key, value in ours.items():
-            theirs = saved.get(key)
-            if theirs != value:
-                shown = (str(theirs)[:16], str(value)[:16]) if key == "spec_hash" else (repr(theirs), repr(value))
-                out.append(f"{key} {shown[0]}, this run {shown[1]}")
-        return out
+        return identity_differences(asdict(self), saved)
+
+
+def identity_differences(ours: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """``key saved, this run ours`` for every key of ``ours`` that ``saved`` gives differently
+    (spec hashes shortened to 16 characters): what a refused resume names."""
+    out = []
+    for key, value in ours.items():
+        theirs = saved.get(key)
+        if theirs != value:
+            shown = (str(theirs)[:16], str(value)[:16]) if key == "spec_hash" else (repr(theirs), repr(value))
+            out.append(f"{key} {shown[0]}, this run {shown[1]}")
+    return out
 
 
 @dataclass
